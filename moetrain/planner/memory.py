@@ -1,0 +1,152 @@
+"""Memory per rank: weights, gradients, optimizer state and activations.
+
+Model state (Megatron mixed precision, per parameter): bf16 weights 2 B, fp32 gradient buffer 4 B,
+fp32 master weights + Adam m + v 12 B. The distributed optimizer shards the 12 B over data-parallel
+replicas: dense parameters over DP, expert parameters over expert-DP. Without --bf16 (fp32 training)
+weights are 4 B, gradients 4 B and Adam m + v 8 B (no master copy).
+
+Activations follow Korthikanti et al., "Reducing Activation Recomputation in Large Transformer
+Models" (2022), re-derived for this project's layers: no dropout, GQA, gated MLPs (the two fc1
+halves and the activation output are saved), sandwich norms, top-k routed experts, and a flash-style
+fused attention that saves no s x s scores (``flash_attention=False`` adds the softmax output, and
+the soft-capped logits Grok-1 needs, per head). With sequence parallel the h-sized tensors are split
+over TP; head- and ffn-sized tensors always are. Full recompute keeps each layer's input plus one
+layer's working set; selective recompute drops the unfused attention scores. The 1F1B schedule
+keeps ``pp - stage`` micro-batches in flight (interleaved: Megatron's warm-up count per chunk).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moetrain.models.config import ModelConfig
+from moetrain.models.param_count import RankParams, parameters_per_rank
+from moetrain.planner.layouts import Layout, num_microbatches
+
+GiB = 2**30
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Training settings other than the layout."""
+
+    global_batch_size: int
+    micro_batch_size: int
+    seq_length: int
+    bf16: bool = True
+    flash_attention: bool = True
+    padded_vocab_size: int | None = None
+
+
+@dataclass(frozen=True)
+class StageMemory:
+    """Bytes on one rank of pipeline stage ``stage`` (its worst-case rank)."""
+
+    stage: int
+    params: RankParams
+    weights: float
+    gradients: float
+    optimizer: float
+    activations: float
+    in_flight_microbatches: float
+    reserved: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.reserved
+
+
+def state_bytes_per_param(bf16: bool) -> tuple[int, int, int]:
+    """(weights, gradients, optimizer) bytes per parameter before any sharding."""
+    return (2, 4, 12) if bf16 else (4, 4, 8)
+
+
+def layer_activation_bytes_per_token(cfg: ModelConfig, layout: Layout, setup: Setup) -> float:
+    """Saved activations of one transformer layer for one token of one micro-batch (no recompute)."""
+    t = layout.tp
+    h_split = t if layout.sequence_parallel else 1  # SP splits the h-sized tensors too
+    h, f = cfg.hidden_size, cfg.ffn_hidden_size
+    q = cfg.num_attention_heads * cfg.head_dim
+    kv = cfg.num_query_groups * cfg.head_dim
+    norms = 4 if cfg.sandwich_norm else 2
+    by = 2 if setup.bf16 else 4
+    # norm inputs (the residual stream) and the inputs of QKV and of the MLP/router
+    total = by * h * (norms + 2) / h_split
+    total += by * (q + 2 * kv) / t  # Q, K, V
+    total += by * q / t  # attention output = out-projection input
+    total += _attention_scores_bytes(cfg, layout, setup, by) / t
+    if cfg.is_moe:
+        k, etp = cfg.moe_router_topk, layout.expert_tp
+        total += 2 * 4 * cfg.num_experts / h_split  # router logits and probabilities, fp32
+        # Each token is routed to k experts; expert-TP gathers the tokens of its etp group, each
+        # rank then computes an f/etp slice: saved expert input (h), fc1 output (2 f), act output (f).
+        total += k * etp / t * by * (h + 3 * f / etp)
+    else:
+        total += by * 3 * f / t  # fc1 output (gate and up halves) and the activation output
+    return total
+
+
+def _attention_scores_bytes(cfg: ModelConfig, layout: Layout, setup: Setup, by: int) -> float:
+    a, s = cfg.num_attention_heads, setup.seq_length
+    if setup.flash_attention:
+        return 4 * a  # fp32 log-sum-exp per head and query
+    if layout.recompute_granularity == "selective":
+        return 0.0  # core attention is recomputed
+    per_head = by * s  # softmax output over s keys
+    if cfg.attn_logit_softcapping:
+        per_head += by * s  # tanh output for the soft-cap backward
+    return a * per_head
+
+
+def in_flight(layout: Layout, stage: int, microbatches: int) -> float:
+    """Micro-batches whose activations stage ``stage`` holds at the 1F1B peak (layer-weighted)."""
+    pp, v = layout.pp, layout.virtual_stages
+    if v == 1:
+        return float(min(pp - stage, microbatches))
+    # interleaved warm-up: 2 (pp - stage - 1) + (v - 1) pp + 1 chunk forwards, each 1/v of the stage
+    return min((2 * (pp - stage - 1) + (v - 1) * pp + 1) / v, float(microbatches))
+
+
+def memory_per_stage(
+    cfg: ModelConfig, layout: Layout, setup: Setup, reserved_gib: float = 0.0
+) -> list[StageMemory]:
+    """Memory of one rank in each pipeline stage."""
+    ranks = parameters_per_rank(
+        cfg, layout.tp, layout.pp, layout.ep,
+        list(layout.num_layer_list) if layout.num_layer_list else None,
+        etp=layout.etp, padded_vocab_size=setup.padded_vocab_size,
+    )
+    w_b, g_b, o_b = state_bytes_per_param(setup.bf16)
+    dense_shard = layout.dp if layout.use_distributed_optimizer else 1
+    expert_shard = layout.expert_dp if layout.use_distributed_optimizer else 1
+    tokens = setup.micro_batch_size * setup.seq_length
+    per_layer = layer_activation_bytes_per_token(cfg, layout, setup) * tokens
+    by = 2 if setup.bf16 else 4
+    h_split = layout.tp if layout.sequence_parallel else 1
+    m = num_microbatches(layout, setup.global_batch_size, setup.micro_batch_size)
+    vocab = setup.padded_vocab_size or cfg.vocab_size
+    out = []
+    for r in ranks:
+        flight = in_flight(layout, r.stage, m)
+        if layout.recompute_granularity == "full":
+            # only each layer's input is kept; backward rebuilds one layer at a time
+            act = r.layers * by * cfg.hidden_size / h_split * tokens * flight + per_layer
+        else:
+            act = r.layers * per_layer * flight
+        if r.stage == 0:
+            act += by * cfg.hidden_size / h_split * tokens * flight  # embedding output
+        if r.stage == layout.pp - 1:
+            # final norm and output-layer inputs, fp32 vocab-parallel logits for the loss; the last
+            # stage runs each micro-batch's backward right after its forward (one in flight)
+            act += (2 * by * cfg.hidden_size / h_split + 4 * vocab / layout.tp) * tokens
+        out.append(StageMemory(
+            stage=r.stage,
+            params=r,
+            weights=w_b * r.total,
+            gradients=g_b * r.total,
+            optimizer=o_b * (r.dense / dense_shard + r.expert / expert_shard),
+            activations=act,
+            in_flight_microbatches=flight,
+            reserved=reserved_gib * GiB,
+        ))
+    return out
