@@ -19,7 +19,7 @@ from moetrain.models.grok1.hf_config import Grok1Config
 
 
 def _default_multiplier(cfg: ModelConfig) -> float:
-    return 1.0 / math.sqrt(cfg.head_dim)
+    return cfg.head_dim ** -0.5  # == the release's 0.08838834764831845 for 128 (1/math.sqrt is 2 ulp off)
 
 
 def _require(cfg: ModelConfig, ok: bool, what: str) -> None:
@@ -90,6 +90,10 @@ def from_hf_config(hf_cfg_dict: dict | PretrainedConfig, name: str = "from-hf") 
     d = hf_cfg_dict.to_dict() if isinstance(hf_cfg_dict, PretrainedConfig) else dict(hf_cfg_dict)
     model_type = d.get("model_type") or ""
     arch = (d.get("architectures") or [""])[0]
+    is_grok = model_type == "grok-1" or arch.startswith("Grok1")
+    if not is_grok and model_type not in ("llama", "mixtral") and arch not in ("LlamaForCausalLM",
+                                                                              "MixtralForCausalLM"):
+        raise ValueError(f"from_hf_config: unsupported model_type {model_type!r} / architecture {arch!r}")
     h, heads = d["hidden_size"], d["num_attention_heads"]
     head_dim = d.get("head_dim") or h // heads
     aux = float(d.get("router_aux_loss_coef", 0.0)) if d.get("output_router_logits") else 0.0
@@ -98,9 +102,9 @@ def from_hf_config(hf_cfg_dict: dict | PretrainedConfig, name: str = "from-hf") 
                   num_query_groups=d.get("num_key_value_heads") or heads, vocab_size=d["vocab_size"],
                   seq_length=d["max_position_embeddings"], norm_epsilon=d["rms_norm_eps"],
                   untie_embeddings_and_output_weights=not d.get("tie_word_embeddings", False))
-    if model_type == "grok-1" or arch.startswith("Grok1"):
+    if is_grok:
         mult = d.get("attn_output_multiplier")
-        if mult is not None and math.isclose(mult, 1.0 / math.sqrt(head_dim), rel_tol=1e-12):
+        if mult is not None and math.isclose(mult, head_dim ** -0.5, rel_tol=1e-12):
             mult = None  # the ModelConfig default (1/sqrt(head_dim))
         return ModelConfig(
             **common, family="grok1", kv_channels=head_dim, activation="geglu",
@@ -109,8 +113,6 @@ def from_hf_config(hf_cfg_dict: dict | PretrainedConfig, name: str = "from-hf") 
             rotary_base=float(d.get("rope_theta", 10000.0)), embedding_multiplier=d["embedding_multiplier_scale"],
             output_multiplier=d["output_multiplier_scale"], attn_logit_softcapping=d["max_attn_value"],
             attn_output_multiplier=mult, sandwich_norm=True, hf_architecture="Grok1ModelForCausalLM")
-    if model_type not in ("llama", "mixtral") and arch not in ("LlamaForCausalLM", "MixtralForCausalLM"):
-        raise ValueError(f"from_hf_config: unsupported model_type {model_type!r} / architecture {arch!r}")
     if d.get("hidden_act", "silu") != "silu":
         raise ValueError(f"from_hf_config: hidden_act {d.get('hidden_act')!r} is not supported (SwiGLU only)")
     if d.get("attention_bias") or d.get("mlp_bias"):
