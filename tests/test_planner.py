@@ -1,0 +1,129 @@
+"""Planner: parameters and memory per rank, optimizer sharding, recompute, bubble, fit and suggestions."""
+
+import json
+
+import pytest
+
+from moetrain.models.param_count import count_parameters
+from moetrain.models.registry import get_flavor
+from moetrain.planner import Layout, Setup, make_plan, memory_per_stage, plan_to_dict, plan_with_suggestions
+from moetrain.planner.layouts import validate
+from moetrain.planner.memory import GiB, layer_activation_bytes_per_token
+from moetrain.planner.plan import pipeline_bubble
+
+GROK40 = get_flavor("grok1-40b")
+RECIPE = Layout(world_size=16, tp=4, pp=2, ep=2, sequence_parallel=True, use_distributed_optimizer=True)
+SETUP = Setup(global_batch_size=128, micro_batch_size=1, seq_length=8192)
+
+
+def test_recipe_plan_fits_64gb_and_predicts():
+    plan = make_plan(GROK40, RECIPE, SETUP, device="910b2", device_memory_gib=64, assumed_mfu=0.4)
+    assert plan.fits and not plan.warnings
+    assert plan.microbatches == 64 and plan.bubble == pytest.approx(1 / 64)
+    assert plan.peak_tflops == pytest.approx(376)
+    # tokens/s/p is consistent with the step time it came from
+    assert plan.tokens_per_sec_per_device == pytest.approx(128 * 8192 / (plan.step_seconds * 16))
+    d = json.loads(json.dumps(plan_to_dict(plan)))
+    assert d["fits"] and d["layout"]["dp"] == 2 and d["params"]["total"] == count_parameters(GROK40).total
+
+
+def test_state_memory_per_param():
+    # grok1-40b TP4 PP2 EP2 (expert-TP 4): DP 2, expert-DP 1
+    stages = memory_per_stage(GROK40, RECIPE, SETUP)
+    s0 = stages[0]
+    assert s0.weights == 2 * s0.params.total and s0.gradients == 4 * s0.params.total
+    assert s0.optimizer == pytest.approx(12 * (s0.params.dense / 2 + s0.params.expert / 1))
+
+
+def test_distributed_optimizer_divides_by_dp():
+    cfg = get_flavor("llama2-7b")
+    base = Layout(world_size=16, tp=2, pp=2, sequence_parallel=True)  # DP 4
+    setup = Setup(64, 1, 4096)
+    plain = memory_per_stage(cfg, base, setup)
+    dist = memory_per_stage(cfg, base.replace(use_distributed_optimizer=True), setup)
+    for a, b in zip(plain, dist):
+        assert b.optimizer == pytest.approx(a.optimizer / 4)
+        assert (b.weights, b.gradients, b.activations) == (a.weights, a.gradients, a.activations)
+    # MoE: expert state is sharded over expert-DP (16 / (etp 1 x ep 4 x pp 2) = 2), dense over DP 4
+    lay = Layout(world_size=16, tp=2, pp=2, ep=4, etp=1, sequence_parallel=True)
+    p, d = (memory_per_stage(GROK40, lay.replace(use_distributed_optimizer=x), SETUP)[0] for x in (False, True))
+    assert d.optimizer == pytest.approx(12 * (p.params.dense / 4 + p.params.expert / 2))
+
+
+def test_recompute_and_sp_reduce_activations():
+    acts = {}
+    for rc in (None, "selective", "full"):
+        for flash in (True, False):
+            setup = Setup(128, 1, 8192, flash_attention=flash)
+            acts[rc, flash] = memory_per_stage(GROK40, RECIPE.replace(recompute_granularity=rc), setup)[0].activations
+    assert acts["full", True] < acts[None, True] / 5
+    assert acts["selective", False] < acts[None, False]  # drops the s x s softmax
+    assert acts["selective", True] == acts[None, True]  # nothing to drop with fused attention
+    no_sp = Layout(world_size=8, tp=4, pp=2)
+    with_sp = no_sp.replace(sequence_parallel=True)
+    cfg = get_flavor("llama2-7b")
+    assert layer_activation_bytes_per_token(cfg, with_sp, SETUP) < layer_activation_bytes_per_token(cfg, no_sp, SETUP)
+
+
+def test_activation_hand_count_llama_tiny():
+    # llama-tiny, TP 1, bf16, fused attention, per token per layer:
+    # 2 norm inputs + QKV input + fc1 input: 4 x 64 x 2 B = 512; Q,K,V: (64 + 2 x 32) x 2 = 256;
+    # attention output 64 x 2 = 128; log-sum-exp 4 heads x 4 B = 16; fc1 out + act out 3 x 128 x 2 = 768.
+    assert layer_activation_bytes_per_token(get_flavor("llama-tiny"), Layout(1), Setup(1, 1, 64)) == 1680
+
+
+def test_first_stage_holds_pp_microbatches():
+    stages = memory_per_stage(GROK40, RECIPE, SETUP)
+    assert [s.in_flight_microbatches for s in stages] == [2, 1]
+    inter = memory_per_stage(GROK40, RECIPE.replace(vpp=2), SETUP)
+    assert inter[0].in_flight_microbatches == pytest.approx(2 * (1 + 1 / 4))  # pp (1 + (pp-1)/(pp vpp))
+
+
+def test_bubble():
+    assert pipeline_bubble(RECIPE, 64) == pytest.approx(1 / 64)
+    assert pipeline_bubble(RECIPE.replace(vpp=2), 64) == pytest.approx(1 / 128)
+    assert pipeline_bubble(RECIPE.replace(pp=1), 8) == 0
+
+
+def test_too_big_layout_warns_and_suggests():
+    bad = Layout(world_size=16, tp=2, pp=1, ep=1, sequence_parallel=True)
+    plan = plan_with_suggestions(GROK40, bad, SETUP, device="910b2", device_memory_gib=64, reserved_gib=2,
+                                 max_tp=8)
+    assert not plan.fits and any("does not fit" in w for w in plan.warnings)
+    assert plan.suggestions
+    for s in plan.suggestions:
+        assert s.fits and s.layout.world_size == 16 and s.layout.tp <= 8
+
+
+@pytest.mark.parametrize("layout,match", [
+    (Layout(16, tp=3, pp=1), "does not divide the world size"),
+    (Layout(16, tp=4, pp=2, ep=3, sequence_parallel=True), "experts"),
+    (Layout(16, tp=4, pp=2, ep=2), "sequence-parallel"),
+    (Layout(16, tp=4, pp=2, ep=2, sequence_parallel=True, num_layer_list=(5, 2)), "num-layer-list"),
+    (Layout(16, tp=4, pp=2, ep=2, sequence_parallel=True, vpp=3), "vpp"),
+])
+def test_validation_messages(layout, match):
+    with pytest.raises(ValueError, match=match):
+        validate(GROK40, layout, 128, 1)
+    with pytest.raises(ValueError, match="gbs"):
+        validate(GROK40, RECIPE, 127, 1)
+
+
+def test_cli(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("plan_cli", Path(__file__).parents[1] / "tools" / "plan.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    out = tmp_path / "plan.json"
+    argv = ["--model", "grok1-40b", "--tp", "4", "--pp", "2", "--ep", "2", "--nnodes", "2", "--nproc-per-node", "8",
+            "--gbs", "128", "--mbs", "1", "--seq", "8192", "--device-memory", "64GB", "--device", "910b2",
+            "--assumed-mfu", "0.4", "--use-distributed-optimizer", "--sequence-parallel", "--bf16", "--json", str(out)]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "fits" in text and "tokens/s/p" in text
+    data = json.loads(out.read_text())
+    assert data["peak_memory_gib"] < 64 and data["stages"][0]["total_gib"] * GiB > 0
+    assert cli.main(argv[:2] + ["--tp", "3"] + argv[4:]) == 2
+    assert "does not divide" in capsys.readouterr().err
