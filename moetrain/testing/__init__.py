@@ -1,1 +1,1 @@
-"""moetrain.testing."""
+"""Helpers for tests: spawning several gloo ranks on a CPU."""

@@ -1,0 +1,40 @@
+"""CUDA kernel variants. Each falls back to the torch reference semantics exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from moetrain.kernels.table import KernelTable
+
+
+def rms_norm_torch_fused(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # torch's fused rms_norm kernel; fp32 in and out keeps Grok-1's fp32 normalisation.
+    return F.rms_norm(x.float(), (x.shape[-1],), weight.float(), eps).to(x.dtype)
+
+
+def with_torch_fused(table: KernelTable) -> KernelTable:
+    return dataclasses.replace(table, rms_norm=rms_norm_torch_fused,
+                               variants={**table.variants, "rms_norm": "torch-fused"})
+
+
+def attention_flash(q, k, v, scale, softcap=None, causal=True, mask=None, dropout_p=0.0):
+    """flash-attn 2 (supports GQA and soft-capping natively). Layout in: [b, heads, s, d]."""
+    from flash_attn import flash_attn_func
+
+    if mask is not None or q.dtype not in (torch.float16, torch.bfloat16):
+        from moetrain.kernels.attention import attention_reference
+
+        return attention_reference(q, k, v, scale, softcap, causal, mask, dropout_p)
+    out = flash_attn_func(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout_p,
+        softmax_scale=scale, causal=causal, softcap=0.0 if softcap is None else softcap,
+    )
+    return out.transpose(1, 2)
+
+
+def with_flash_attention(table: KernelTable) -> KernelTable:
+    return dataclasses.replace(table, attention=attention_flash, attention_softcap=True,
+                               variants={**table.variants, "attention": "flash-attn"})

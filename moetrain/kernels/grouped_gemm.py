@@ -1,0 +1,14 @@
+"""Grouped GEMM for MoE experts: tokens sorted by expert, one weight matrix per expert."""
+
+from __future__ import annotations
+
+import torch
+
+
+def grouped_gemm_reference(x: torch.Tensor, weights: torch.Tensor, tokens_per_expert: list[int]) -> torch.Tensor:
+    """x: [tokens, in] (grouped by expert, in expert order); weights: [experts, in, out];
+    tokens_per_expert: python ints summing to tokens. Returns [tokens, out]."""
+    outputs = [chunk @ weights[e] for e, chunk in enumerate(torch.split(x, tokens_per_expert, dim=0))]
+    if not outputs:
+        return x.new_zeros(0, weights.shape[-1])
+    return torch.cat(outputs, dim=0)
