@@ -76,9 +76,11 @@ def _reference_logits(model: Grok1ModelForCausalLM, ids: torch.Tensor) -> torch.
 def test_forward_matches_reference_equations_and_loss_is_finite():
     model = _model()
     with torch.no_grad():
+        for layer in model.model.layers:
+            layer.attn.q_proj.weight.mul_(10.0)  # large scores: the soft-cap regime is exercised too
         out = model(IDS, labels=IDS)
         ref = _reference_logits(model, IDS)
-    torch.testing.assert_close(out.logits, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.logits, ref, rtol=1e-5, atol=2e-5)
     assert torch.isfinite(out.loss)
     expected = F.cross_entropy(out.logits[:, :-1].reshape(-1, 512), IDS[:, 1:].reshape(-1))
     torch.testing.assert_close(out.loss, expected)
