@@ -183,3 +183,13 @@ def test_mcore_errors_name_the_tensor():
         mcore_to_hf(cfg, {c0: shards[c0]}, layout)
     with pytest.raises(WeightMapError, match="num_query_groups 2 is not divisible by tp 4"):
         hf_to_mcore(cfg, hf, ShardLayout(tp=4), c0)
+
+
+def test_shards_do_not_pin_larger_storages():
+    # torch.save writes a view's whole storage: one expert of a fused [E, ...] tensor must be copied.
+    cfg, layout = get_flavor("mixtral-tiny"), ShardLayout(tp=2, ep=2)
+    sd = hf_to_mcore(cfg, _model_and_weights("mixtral-tiny")[1], layout, RankCoord(1, 0, 1))
+    for name, t in sd.items():
+        assert t.untyped_storage().nbytes() == t.numel() * t.element_size(), name
+    with pytest.raises(WeightMapError, match="outside the layout"):
+        expected_mcore_keys(cfg, layout, RankCoord(0, 1, 0))

@@ -110,6 +110,8 @@ def validate_layout(cfg, layout: ShardLayout) -> None:
 
 def bind(rules: list[TensorRule], cfg, layout: ShardLayout, coord: RankCoord) -> list[BoundTensor]:
     """Concrete (mcore name, HF names) pairs held by one rank."""
+    if not (0 <= coord.tp_rank < layout.tp and 0 <= coord.pp_rank < layout.pp and 0 <= coord.ep_rank < layout.ep):
+        raise WeightMapError(f"rank {coord} is outside the layout tp={layout.tp} pp={layout.pp} ep={layout.ep}")
     counts = layout.stage_layers(cfg.num_layers)
     offset = layout.stage_offset(cfg.num_layers, coord.pp_rank)
     local_experts = (cfg.num_experts or 0) // layout.ep
@@ -155,7 +157,10 @@ def shard(rule: TensorRule, tensors: list[torch.Tensor], cfg, layout: ShardLayou
     """The local megatron-core tensor of TP rank ``tp_rank`` from the full HF tensor(s)."""
     tp = layout.tp
     if rule.kind == "replicated":
-        return tensors[0]
+        t = tensors[0]
+        # A view into a larger tensor (e.g. one expert of a fused [E, ...] weight) is copied so that
+        # torch.save of the result does not write the whole underlying storage.
+        return t.clone() if t.untyped_storage().nbytes() != t.numel() * t.element_size() else t
     if rule.kind == "split":
         return tensors[0].chunk(tp, rule.axis)[tp_rank].clone()
     if rule.kind == "vocab":
