@@ -165,3 +165,18 @@ def test_config_defaults_are_the_release():
     assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim) == (
         6144, 64, 48, 8, 128)
     assert c.max_attn_value == 30.0 and c.tie_word_embeddings and c.gelu_approximate == "none"
+
+
+def test_loads_from_a_directory_of_config_and_safetensors(tmp_path):
+    # The converter's output: config.json + safetensors written from mcore_to_hf (no tied lm_head).
+    from safetensors.torch import save_file
+
+    from moetrain.models.weight_maps import RankCoord, ShardLayout, all_coords, hf_to_mcore, mcore_to_hf
+
+    model, cfg, layout = _model(), get_flavor("grok1-tiny"), ShardLayout(tp=2, pp=2, ep=2)
+    shards = {c: hf_to_mcore(cfg, model.state_dict(), layout, c) for c in all_coords(layout)}
+    assert RankCoord(1, 1, 1) in shards
+    save_file(mcore_to_hf(cfg, shards, layout), str(tmp_path / "model.safetensors"))
+    model.config.to_json_file(str(tmp_path / "config.json"))
+    loaded = Grok1ModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert torch.equal(_logits(loaded), _logits(model))
