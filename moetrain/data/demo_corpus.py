@@ -8,6 +8,7 @@ is imported, so nothing runs and the result only depends on the Python version).
 from __future__ import annotations
 
 import ast
+import io
 import json
 import sysconfig
 from pathlib import Path
@@ -80,13 +81,17 @@ def train_sentencepiece(corpus_jsonl, out_dir, vocab_size: int = 512, model_type
                     if para.strip():
                         yield para[:2000]
 
-    prefix = out / "tokenizer"
+    # model_writer instead of model_prefix: the saved proto then holds no output path, so the
+    # file's bytes do not depend on where it is written.
+    buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=sentences(), model_prefix=str(prefix), vocab_size=vocab_size, model_type=model_type,
+        sentence_iterator=sentences(), model_writer=buf, vocab_size=vocab_size, model_type=model_type,
         character_coverage=1.0, byte_fallback=True, normalization_rule_name="identity",
         remove_extra_whitespaces=False, split_digits=True,
         pad_id=0, bos_id=1, eos_id=2, unk_id=3, pad_piece="<pad>", bos_piece="<s>", eos_piece="</s>",
         unk_piece="<unk>", input_sentence_size=200_000, shuffle_input_sentence=False, num_threads=1,
         minloglevel=2,
     )
-    return prefix.with_suffix(".model")
+    path = out / "tokenizer.model"
+    path.write_bytes(buf.getvalue())
+    return path
