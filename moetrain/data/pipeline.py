@@ -8,6 +8,7 @@ it can read, so resident memory would grow with the input when tokenizing is the
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 import sys
@@ -19,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from megatron.core.datasets.indexed_dataset import DType
 
-from moetrain.data.handlers import PRETRAIN_HANDLER, Pretrained, RecordError, make_handler, parse_record
+from moetrain.data.handlers import PRETRAIN_HANDLER, PretrainHandler, RecordError, make_handler, parse_record
 from moetrain.data.packing import LengthPolicy, Packer
 from moetrain.data.readers import InputUnit, RawRecord, read_unit
 from moetrain.data.tokenizers import build_tokenizer
@@ -104,7 +105,18 @@ def _init_worker(cfg: PreprocessConfig, dtype) -> None:
     _WORKER["key"] = cfg.json_keys[0]
 
 
-def _encode_batch(batch: list[RawRecord]) -> list[tuple]:
+@dataclass
+class PretrainBatch:
+    """A batch's pretraining documents, concatenated per key: one array crosses the pipe, not one per doc."""
+
+    records: int
+    nbytes: int
+    empty: int
+    bad: list[str]
+    docs: dict[str, tuple[np.ndarray, list[list[int]]]]  # key -> (all ids, sentence lengths per doc)
+
+
+def _encode_batch(batch: list[RawRecord]):
     handler, key = _WORKER["handler"], _WORKER["key"]
     out = []
     for rec in batch:
@@ -113,7 +125,21 @@ def _encode_batch(batch: list[RawRecord]) -> list[tuple]:
             out.append(("ok", handler.encode(data), rec.nbytes))
         except RecordError as e:
             out.append(("bad", f"{rec.source}:{rec.line}: {e}", rec.nbytes))
-    return out
+    if not isinstance(handler, PretrainHandler):
+        return out
+    ids: dict[str, list[np.ndarray]] = {k: [] for k in handler.keys}
+    lens: dict[str, list[list[int]]] = {k: [] for k in handler.keys}
+    empty, bad = 0, []
+    for status, res, _ in out:
+        if status == "bad":
+            bad.append(res)
+            continue
+        empty += len(res.empty_keys)
+        for k, (doc_ids, doc_lens) in res.docs.items():
+            ids[k].append(doc_ids)
+            lens[k].append(doc_lens)
+    docs = {k: (np.concatenate(ids[k]) if ids[k] else np.zeros(0, handler.dtype), lens[k]) for k in handler.keys}
+    return PretrainBatch(len(out), sum(r[2] for r in out), empty, bad, docs)
 
 
 # ----------------------------------------------------------------------------- main side
@@ -138,6 +164,10 @@ def _ordered_results(cfg: PreprocessConfig, dtype, batches: Iterable[list[RawRec
     # fork: workers inherit imported modules (a spawned worker would re-import torch and megatron).
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     window = cfg.workers * 4
+    # Forked workers share the parent's pages (torch, megatron-core: ~400 MB); the cyclic GC
+    # writes to every tracked object it visits, which would copy those pages into each worker
+    # over time. Freezing moves them out of the GC's reach, so workers stay small and flat.
+    gc.freeze()
     with ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(cfg, dtype)) as pool:
         pending: deque = deque()
         for batch in batches:
@@ -193,22 +223,35 @@ def run_pipeline(cfg: PreprocessConfig, units: list[InputUnit], prefix: str) -> 
                 arr = arr.astype(dtypes[f"packed_{name}_document"], copy=False)
                 writers[f"packed_{name}_document"].add_document(arr, [arr.size])
 
+        def bad_record(message: str) -> None:
+            if not cfg.skip_bad_records:
+                raise PreprocessError(f"{message} (use --skip-bad-records to skip such records)")
+            stats.bad += 1
+            if len(stats.bad_examples) < 10:
+                stats.bad_examples.append(message)
+
         for results in _ordered_results(cfg, dtype, _batches(units, cfg.chunk_size)):
+            if isinstance(results, PretrainBatch):
+                for message in results.bad:
+                    bad_record(message)
+                stats.records += results.records
+                stats.empty += results.empty
+                for key, (ids, lens) in results.docs.items():
+                    writer, pos = writers[f"{key}_document"], 0
+                    for doc_lens in lens:
+                        n = sum(doc_lens)
+                        writer.add_document(ids[pos:pos + n], doc_lens)
+                        pos += n
+                    tokens += ids.size
+                stats.input_bytes += results.nbytes
+                progress.update(results.nbytes, stats.records, tokens)
+                continue
             nbytes = 0
             for status, out, size in results:
                 nbytes += size
                 stats.records += 1
                 if status == "bad":
-                    if not cfg.skip_bad_records:
-                        raise PreprocessError(f"{out} (use --skip-bad-records to skip such records)")
-                    stats.bad += 1
-                    if len(stats.bad_examples) < 10:
-                        stats.bad_examples.append(out)
-                elif isinstance(out, Pretrained):
-                    stats.empty += len(out.empty_keys)
-                    for key, (ids, lens) in out.docs.items():
-                        writers[f"{key}_document"].add_document(ids, lens)
-                        tokens += ids.size
+                    bad_record(out)
                 elif out.input_ids is None:
                     stats.empty += 1
                 else:
