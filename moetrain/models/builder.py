@@ -39,6 +39,21 @@ def apply_multipliers(model: GPTModel, cfg: ModelConfig) -> None:
         model.output_layer.register_forward_hook(_scale_output(cfg.output_multiplier))
 
 
+def mark_expert_params(model: GPTModel) -> None:
+    """Tag expert weights ``allreduce=False`` so megatron's DDP reduces them over the
+    expert-data-parallel group.
+
+    megatron-core tags them only in its Transformer-Engine expert modules; the local
+    SequentialMLP experts moetrain uses would otherwise be averaged over the dense data-parallel
+    group: with EP > 1 that mixes *different* experts held by different EP ranks, and with
+    TP > 1 under expert-TP 1 it misses the TP partner's tokens. Reducing expert grads over the
+    expert-DP group is right for every layout (it equals the DP group when ep x etp == tp).
+    """
+    for name, param in model.named_parameters():
+        if ".mlp.experts." in name:
+            param.allreduce = False
+
+
 def build_model(cfg: ModelConfig, config: TransformerConfig, vocab_size: int,
                 vp_stage: int | None = None) -> GPTModel:
     """The model chunk this rank holds. ``vocab_size`` is the padded vocabulary."""
@@ -59,6 +74,7 @@ def build_model(cfg: ModelConfig, config: TransformerConfig, vocab_size: int,
         vp_stage=vp_stage,
     )
     apply_multipliers(model, cfg)
+    mark_expert_params(model)
     return model
 
 

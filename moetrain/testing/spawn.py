@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import socket
 import sys
@@ -72,7 +73,8 @@ def _child(rank: int, world_size: int, port: int, file: str, name: str, args: tu
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
         fn = _load(file, name)
         value = fn(rank, world_size, *args)
-        results.put((rank, True, value))
+        # Plain pickle, not the queue's shared-memory tensor passing: the child exits right after.
+        results.put((rank, True, pickle.dumps(value)))
         dist.barrier()
         dist.destroy_process_group()
     except BaseException:  # noqa: BLE001 - everything goes back to the parent
@@ -109,7 +111,7 @@ def run_on_ranks(world_size: int, fn: Callable, args: Sequence = (), timeout: fl
                 continue
             if not ok:
                 raise RankFailure(f"rank {rank} of {world_size} failed in {fn.__name__}:\n{value}")
-            collected[rank] = value
+            collected[rank] = pickle.loads(value)
         for p in procs:
             p.join(timeout=30)
     finally:
