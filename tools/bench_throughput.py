@@ -1,0 +1,123 @@
+"""CPU training throughput: moetrain (megatron-core + moetrain specs) vs Hugging Face Mixtral.
+
+Same shape for both (hidden 256, 4 layers, 8 experts top-2, FFN 512, vocab 32000, batch 8 x seq 256,
+fp32, AdamW, 2 threads, 1 process), measured side by side in one run; reports the ratio.
+
+    python tools/bench_throughput.py [--steps 6] [--warmup 2]
+
+Writes docs/bench/throughput_cpu.json and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE = dict(num_layers=4, hidden_size=256, ffn_hidden_size=512, num_attention_heads=8, num_query_groups=8,
+             vocab_size=32000, seq_length=256, num_experts=8, moe_router_topk=2)
+BATCH = 8
+
+
+def _batch(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, SHAPE["vocab_size"], (BATCH, SHAPE["seq_length"]), generator=g)
+    return tokens, torch.roll(tokens, -1, 1)
+
+
+def _timed_steps(step, steps: int, warmup: int) -> float:
+    for i in range(warmup):
+        step(i)
+    start = time.perf_counter()
+    for i in range(steps):
+        step(warmup + i)
+    return (time.perf_counter() - start) / steps
+
+
+def hf_mixtral(steps: int, warmup: int, threads: int) -> float:
+    from transformers import MixtralForCausalLM
+
+    from moetrain.models import get_flavor
+    from moetrain.models.hf_config import to_hf_config
+
+    torch.set_num_threads(threads)
+    cfg = get_flavor("mixtral-tiny", **SHAPE)
+    model = MixtralForCausalLM(to_hf_config(cfg))
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(i):
+        tokens, labels = _batch(i)
+        logits = model(input_ids=tokens).logits
+        loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return _timed_steps(step, steps, warmup)
+
+
+def moetrain_rank(rank, world, steps: int, warmup: int, threads: int) -> float:
+    """Runs in a spawned 1-rank gloo group (megatron-core needs its parallel state)."""
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    from moetrain.models import get_flavor
+    from moetrain.models.builder import build_model
+    from moetrain.models.transformer_config import RuntimeOptions, build_transformer_config
+    from moetrain.parallel import ParallelDims
+
+    torch.set_num_threads(threads)
+    cfg = get_flavor("mixtral-tiny", **SHAPE)
+    dims = ParallelDims(world_size=1)
+    dims.initialize()
+    model_parallel_cuda_manual_seed(0)
+    model = build_model(cfg, build_transformer_config(cfg, dims, RuntimeOptions()), cfg.vocab_size)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    position_ids = torch.arange(SHAPE["seq_length"]).unsqueeze(0).expand(BATCH, -1)
+
+    def step(i):
+        tokens, labels = _batch(i)
+        loss = model(tokens, position_ids, None, labels=labels).float().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return _timed_steps(step, steps, warmup)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench" / "throughput_cpu.json")
+    args = parser.parse_args()
+
+    from moetrain.testing.spawn import run_on_ranks
+
+    tokens_per_step = BATCH * SHAPE["seq_length"]
+    hf_s = hf_mixtral(args.steps, args.warmup, args.threads)
+    (mt_s,) = run_on_ranks(1, moetrain_rank, (args.steps, args.warmup, args.threads), timeout=1200,
+                           threads_per_rank=args.threads)
+    result = {
+        "shape": {**SHAPE, "batch": BATCH, "dtype": "fp32", "optimizer": "AdamW", "threads": args.threads},
+        "steps": args.steps, "warmup": args.warmup,
+        "hf_mixtral_tokens_per_s": tokens_per_step / hf_s,
+        "moetrain_tokens_per_s": tokens_per_step / mt_s,
+        "ratio_moetrain_over_hf": hf_s / mt_s,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print("| implementation | tokens/s | ratio |\n|---|---|---|")
+    print(f"| HF MixtralForCausalLM | {result['hf_mixtral_tokens_per_s']:.0f} | 1.00 |")
+    print(f"| moetrain (megatron-core, moetrain specs) | {result['moetrain_tokens_per_s']:.0f} | "
+          f"{result['ratio_moetrain_over_hf']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
