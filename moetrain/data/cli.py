@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=1, help="tokenizer worker processes (in total)")
     g.add_argument("--partitions", "--n-subs", dest="partitions", type=int, default=1,
                    help="split the input into N shards processed in parallel, then merged in order")
-    g.add_argument("--chunk-size", type=int, default=32, help="records per worker task")
+    g.add_argument("--chunk-size", type=int, default=128, help="records per worker task")
     g.add_argument("--log-interval", type=int, default=1000, help="accepted for compatibility (progress is a bar)")
     g.add_argument("--keep-sequential-samples", action="store_true", help="accepted: order is always kept")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
