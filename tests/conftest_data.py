@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -36,6 +38,7 @@ DOCS = [
 def sp_model() -> str:
     """A 512-piece SentencePiece model trained once per test process on the demo corpus."""
     tmp = Path(tempfile.mkdtemp(prefix="moetrain_sp_"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     corpus = build_demo_corpus(tmp)
     return str(train_sentencepiece(corpus, tmp, vocab_size=512))
 
