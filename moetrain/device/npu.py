@@ -27,7 +27,11 @@ class NpuBackend(DeviceBackend):
     def is_available(cls) -> bool:
         if importlib.util.find_spec("torch_npu") is None:
             return False
-        _torch_npu()
+        try:
+            _torch_npu()
+        except Exception as exc:  # noqa: BLE001 - installed but unloadable (e.g. CANN libraries missing)
+            logger.warning("torch_npu is installed but failed to import (%s); not using the NPU", exc)
+            return False
         npu = getattr(torch, "npu", None)
         return bool(npu is not None and npu.is_available())
 
