@@ -61,7 +61,7 @@ class ParallelDims:
             raise LayoutError(
                 f"--num-layer-list has {len(self.num_layer_list)} entries but --pipeline-model-parallel-size is {self.pp}"
             )
-        if self.num_layer_list is not None and self.vpp:
+        if self.num_layer_list is not None and self.vpp and self.vpp > 1:
             raise LayoutError("--num-layer-list cannot be combined with virtual pipeline stages")
 
     @property

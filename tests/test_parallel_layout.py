@@ -54,6 +54,8 @@ def test_num_layer_list_wrong_length():
 def test_num_layer_list_with_vpp():
     with pytest.raises(LayoutError, match=r"cannot be combined with virtual pipeline"):
         ParallelDims(world_size=2, pp=2, vpp=2, num_layer_list=(1, 3))
+    # vpp 1 means "no virtual stages" everywhere else (initialize, TransformerConfig)
+    assert ParallelDims(world_size=2, pp=2, vpp=1, num_layer_list=(1, 3)).layers_per_stage(4) == (1, 3)
 
 
 # ---------------------------------------------------------------- layout x model
