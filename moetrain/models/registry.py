@@ -32,11 +32,11 @@ def _flavors() -> dict[str, ModelConfig]:
     flavors = [
         ModelConfig(name="grok1-314b", num_layers=64, hidden_size=6144, ffn_hidden_size=32768,
                     num_attention_heads=48, num_query_groups=8, kv_channels=128, vocab_size=131072,
-                    seq_length=8192, published_params=314e9, attn_output_multiplier=128**-0.5, **_GROK1),
+                    seq_length=8192, published_params=314e9, **_GROK1),
         # Same shape with 8 layers: the reference framework's 16-device "40B" recipe.
         ModelConfig(name="grok1-40b", num_layers=8, hidden_size=6144, ffn_hidden_size=32768,
                     num_attention_heads=48, num_query_groups=8, kv_channels=128, vocab_size=131072,
-                    seq_length=8192, attn_output_multiplier=128**-0.5, **_GROK1),
+                    seq_length=8192, **_GROK1),
         ModelConfig(name="llama2-7b", num_layers=32, hidden_size=4096, ffn_hidden_size=11008,
                     num_attention_heads=32, num_query_groups=32, vocab_size=32000, seq_length=4096,
                     published_params=6.74e9, **_LLAMA),

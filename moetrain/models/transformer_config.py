@@ -95,7 +95,9 @@ def build_transformer_config(cfg: ModelConfig, dims: ParallelDims, options: Runt
         add_qkv_bias=False,
         hidden_dropout=options.hidden_dropout,
         attention_dropout=options.attention_dropout,
-        softmax_scale=cfg.attn_output_multiplier,
+        # HF (Llama and the Grok-1 release) scales by head_dim ** -0.5, which differs from
+        # 1 / math.sqrt(head_dim) by an ulp for head_dim 128: use HF's spelling.
+        softmax_scale=cfg.attn_output_multiplier or cfg.head_dim ** -0.5,
         bias_dropout_fusion=False,
         bias_activation_fusion=False,
         masked_softmax_fusion=False,
