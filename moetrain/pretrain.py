@@ -1,0 +1,80 @@
+"""``torchrun ... -m moetrain.pretrain`` / ``moetrain-pretrain``: Megatron-style pretraining.
+
+Order matters for users: parse and validate everything that can be checked cheaply (flags, layout,
+batch sizes, data files, checkpoint compatibility) *before* the device layer, process groups and
+megatron-core's model code are touched, so a bad configuration fails in seconds with one message.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+from moetrain.config import ConfigError
+from moetrain.parallel import LayoutError
+from moetrain.training.cli import parse_args
+
+_USER_ERRORS = (ConfigError, LayoutError)
+
+
+def prepare(argv: list[str] | None = None, world_size: int | None = None):
+    """Parse + validate (no process group needed): (ResolvedRun, device backend, not yet set up)."""
+    from moetrain.device import get_backend
+    from moetrain.training.validate import resolve
+
+    cfg = parse_args(argv)
+    try:
+        backend = get_backend(cfg.device)
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(str(e)) from None
+    world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
+    return resolve(cfg, world, backend.dist_backend), backend
+
+
+def run_pretrain(argv: list[str] | None = None):
+    """Validate and train in a process where torch.distributed is already initialised (tests)."""
+    import torch.distributed as dist
+
+    from moetrain.device import setup_device
+    from moetrain.training.loop import pretrain
+
+    run, _ = prepare(argv, world_size=dist.get_world_size())
+    backend = setup_device(run.cfg.device)
+    return pretrain(run, backend)
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", category=UserWarning, module="megatron")
+    try:
+        run, backend = prepare(argv)
+    except _USER_ERRORS as e:
+        print(f"moetrain-pretrain: error: {e}", file=sys.stderr)
+        return 2
+    import torch.distributed as dist
+
+    from moetrain.device import setup_device
+    from moetrain.training.loop import TrainingError, pretrain
+
+    backend = setup_device(run.cfg.device)
+    created = not dist.is_initialized()
+    if created:
+        backend.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        if "MASTER_ADDR" not in os.environ:  # plain `python -m moetrain.pretrain`: a 1-process group
+            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29500"),
+                              RANK="0", WORLD_SIZE="1")
+        dist.init_process_group(backend.dist_backend)
+    try:
+        pretrain(run, backend)
+    except (TrainingError, *_USER_ERRORS) as e:
+        if dist.get_rank() == 0:
+            print(f"moetrain-pretrain: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if created and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

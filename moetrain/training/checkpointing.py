@@ -1,0 +1,228 @@
+"""Atomic, reshardable checkpoints on megatron-core's ``dist_checkpointing`` (torch_dist format).
+
+Layout under ``--save``::
+
+    iter_0000010/                   dist-checkpoint dir (model + optimizer shards, common.pt)
+        moetrain.json               ModelConfig, layout, iteration, consumed samples, args
+        rng/rank_00000.pt           per-rank RNG states (python, numpy, torch, device, tracker)
+    latest_checkpointed_iteration.txt
+
+Atomicity: every rank writes into ``.tmp_iter_0000010``; only when all shards are on disk does
+rank 0 add ``moetrain.json``, rename the directory into place and then replace the pointer file
+(write + fsync + ``os.replace``). A save interrupted at any point therefore leaves the pointer on
+the previous, complete checkpoint. Model and optimizer state are ShardedTensors keyed by their
+global (unsharded) identity, so a checkpoint loads into another TP / PP / EP / DP layout; the
+distributed optimizer uses the ``fully_sharded_model_space`` format for the same reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from moetrain.config import ConfigError
+from moetrain.models.config import ModelConfig
+
+TRACKER_FILE = "latest_checkpointed_iteration.txt"
+META_FILE = "moetrain.json"
+# Fields that do not change the shape or meaning of the weights (training-time choices).
+NON_ARCH_FIELDS = {"name", "seq_length", "hf_architecture", "published_params", "extra", "moe_aux_loss_coeff",
+                   "moe_z_loss_coeff", "moe_expert_capacity_factor"}
+# Sharding metadata for model and optimizer sharded state dicts (the same on save and load).
+SHARDING_METADATA = {"singleton_local_shards": False, "chained_optim_avoid_prefix": True,
+                     "distrib_optim_sharding_type": "fully_sharded_model_space"}
+
+
+@dataclass
+class TrainState:
+    iteration: int = 0
+    consumed_train_samples: int = 0
+
+
+def iter_dir_name(iteration: int) -> str:
+    return f"iter_{iteration:07d}"
+
+
+def read_latest(root: str | Path) -> int | None:
+    """The iteration named by the pointer file, or None when ``root`` holds no checkpoint."""
+    tracker = Path(root) / TRACKER_FILE
+    if not tracker.is_file():
+        return None
+    text = tracker.read_text().strip()
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{tracker}: expected an iteration number, found {text!r}") from None
+
+
+def read_meta(root: str | Path, iteration: int) -> dict:
+    path = Path(root) / iter_dir_name(iteration) / META_FILE
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path.parent} has no {META_FILE}; it was not written by moetrain-pretrain")
+    return json.loads(path.read_text())
+
+
+def check_compatible(saved_model: dict, model: ModelConfig, where: str) -> None:
+    """Fail with one message listing every architecture field that differs."""
+    current = model.to_dict()
+    diffs = [f"{k}: checkpoint {saved_model.get(k)!r} vs run {current[k]!r}"
+             for k in sorted(current) if k not in NON_ARCH_FIELDS and saved_model.get(k) != current[k]]
+    if diffs:
+        raise ConfigError(f"checkpoint {where} was saved from an incompatible model "
+                          f"({saved_model.get('name')!r} vs --model {model.name!r}):\n  - " + "\n  - ".join(diffs))
+
+
+# ---------------------------------------------------------------- state dicts
+def _empty_sharded_state_dict(prefix="", sharded_offsets=(), metadata=None) -> dict:
+    del prefix, sharded_offsets, metadata
+    return {}
+
+
+def _cover_stateless_modules(model) -> None:
+    """megatron-core's MLP asks *every* submodule for ``sharded_state_dict``; parameter-free modules
+    of our layer specs (e.g. the GLU activation) are plain ``nn.Module``s without one. They hold no
+    state, so they contribute nothing."""
+    for chunk in model:
+        for module in chunk.modules():
+            if not hasattr(module, "sharded_state_dict") and not any(True for _ in module.parameters()) \
+                    and not any(True for _ in module.buffers()):
+                module.sharded_state_dict = _empty_sharded_state_dict
+
+
+def _sharded_state_dict(model, optimizer, scheduler, state: TrainState | None, with_optim: bool,
+                        is_loading: bool) -> dict:
+    _cover_stateless_modules(model)
+    sd: dict = {}
+    if len(model) == 1:
+        sd["model"] = model[0].sharded_state_dict(metadata=SHARDING_METADATA)
+    else:
+        for i, chunk in enumerate(model):
+            sd[f"model{i}"] = chunk.sharded_state_dict(metadata=SHARDING_METADATA)
+    if with_optim and optimizer is not None:
+        sd["optimizer"] = optimizer.sharded_state_dict(sd, is_loading=is_loading, metadata=SHARDING_METADATA)
+        sd["opt_param_scheduler"] = scheduler.state_dict()
+    if state is not None:
+        sd["iteration"] = state.iteration
+        sd["consumed_train_samples"] = state.consumed_train_samples
+    return sd
+
+
+def _rng_state() -> dict:
+    from megatron.core.tensor_parallel import random as tp_random
+
+    return {"random": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "device": tp_random._get_cuda_rng_state(), "tracker": tp_random.get_cuda_rng_tracker().get_states()}
+
+
+def _set_rng_state(states: dict) -> None:
+    from megatron.core.tensor_parallel import random as tp_random
+
+    random.setstate(states["random"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    tp_random._set_cuda_rng_state(states["device"])
+    tp_random.get_cuda_rng_tracker().set_states(states["tracker"])
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- save
+def save_checkpoint(root: str | Path, state: TrainState, model, optimizer, scheduler, meta: dict,
+                    save_optim: bool = True, keep_last_k: int | None = None) -> Path:
+    """Collective: every rank calls it. Returns the final checkpoint directory."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
+
+    root = Path(root)
+    rank = dist.get_rank()
+    final = root / iter_dir_name(state.iteration)
+    tmp = root / f".tmp_{final.name}"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    sd = _sharded_state_dict(model, optimizer, scheduler, state, save_optim, is_loading=False)
+    dist_checkpointing.save(sd, str(tmp), sharded_strategy=get_default_save_sharded_strategy("torch_dist"))
+    (tmp / "rng").mkdir(exist_ok=True)  # after the save: dist_checkpointing wants an empty directory
+    torch.save(_rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
+    dist.barrier()  # every shard is on disk before the checkpoint becomes visible
+    if rank == 0:
+        _finalize(root, tmp, final, {**meta, "iteration": state.iteration,
+                                     "consumed_train_samples": state.consumed_train_samples}, keep_last_k)
+    dist.barrier()
+    return final
+
+
+def _finalize(root: Path, tmp: Path, final: Path, meta: dict, keep_last_k: int | None) -> None:
+    """Rank 0: make a fully written temp dir the checkpoint, then move the pointer (last)."""
+    _write_atomic(tmp / META_FILE, json.dumps(meta, indent=2, default=str))
+    if final.exists():  # re-saving an iteration: never leave a moment with neither copy on disk
+        old = root / f".old_{final.name}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _write_atomic(root / TRACKER_FILE, str(meta["iteration"]))
+    _prune(root, keep_last_k)
+
+
+def _prune(root: Path, keep_last_k: int | None) -> None:
+    for stale in root.glob(".tmp_iter_*"):  # left by interrupted saves
+        shutil.rmtree(stale, ignore_errors=True)
+    if keep_last_k is None:
+        return
+    kept = sorted(root.glob("iter_[0-9]*"))
+    latest = read_latest(root)
+    for old in kept[:-keep_last_k]:
+        if old.name != iter_dir_name(latest):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- load
+def load_checkpoint(root: str | Path, model, optimizer, scheduler, *, load_optim: bool, load_rng: bool,
+                    finetune: bool, layout: dict) -> TrainState:
+    """Load the latest checkpoint of ``root`` into the (possibly differently sharded) model."""
+    from megatron.core import dist_checkpointing
+
+    root = Path(root)
+    iteration = read_latest(root)
+    if iteration is None:
+        raise ConfigError(f"--load {root}: no {TRACKER_FILE}")
+    ckpt = root / iter_dir_name(iteration)
+    meta = read_meta(root, iteration)
+    load_optim = load_optim and not finetune and meta.get("has_optimizer", True)
+    sd = _sharded_state_dict(model, optimizer, scheduler, None, load_optim, is_loading=True)
+    loaded = dist_checkpointing.load(sd, str(ckpt))
+    if len(model) == 1:
+        model[0].load_state_dict(loaded["model"], strict=True)
+    else:
+        for i, chunk in enumerate(model):
+            chunk.load_state_dict(loaded[f"model{i}"], strict=True)
+    if load_optim:
+        optimizer.load_state_dict(loaded["optimizer"])
+        scheduler.load_state_dict(loaded["opt_param_scheduler"])
+    elif optimizer is not None:
+        optimizer.reload_model_params()  # main (fp32) copies follow the loaded weights
+    if finetune:
+        return TrainState()
+    rng_file = ckpt / "rng" / f"rank_{dist.get_rank():05d}.pt"
+    if load_rng and meta.get("layout") == layout and rng_file.is_file():
+        _set_rng_state(torch.load(rng_file, weights_only=False))
+    return TrainState(iteration=int(loaded["iteration"]), consumed_train_samples=int(loaded["consumed_train_samples"]))

@@ -1,0 +1,128 @@
+"""Everything that can be checked before a process group or a model exists.
+
+``resolve`` turns a ``PretrainConfig`` plus the world size into the concrete run (flavor with
+overrides and tokenizer vocabulary, layout, micro-batch count, log dir, checkpoint to load) or
+raises one ``ConfigError`` / ``LayoutError`` whose message names the flags involved. It is cheap
+(no megatron-core model import), so ``torchrun`` users see a bad configuration in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from moetrain.config import ConfigError, PretrainConfig
+from moetrain.models.config import ModelConfig
+from moetrain.parallel import ParallelDims, parse_num_layer_list
+from moetrain.training import checkpointing
+
+
+@dataclass
+class ResolvedRun:
+    cfg: PretrainConfig
+    model_cfg: ModelConfig
+    dims: ParallelDims
+    seq_length: int
+    num_microbatches: int
+    tokenizer: object | None
+    log_dir: Path
+    load_iteration: int | None  # None: start from scratch
+
+
+def _model_config(cfg: PretrainConfig, tokenizer) -> ModelConfig:
+    from moetrain.models import get_flavor, list_flavors
+
+    if cfg.model not in list_flavors():
+        raise ConfigError(f"--model {cfg.model!r} is not a known flavor; choose one of {', '.join(list_flavors())}")
+    overrides = dict(cfg.model_overrides)
+    if tokenizer is not None and "vocab_size" not in overrides:
+        overrides["vocab_size"] = tokenizer.vocab_size  # Megatron: the tokenizer decides the vocabulary
+    if cfg.training.seq_length is not None:
+        overrides["seq_length"] = cfg.training.seq_length
+    try:
+        return get_flavor(cfg.model, **overrides)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def _dims(cfg: PretrainConfig, world_size: int, num_layers: int) -> ParallelDims:
+    p = cfg.parallel
+    vpp = None
+    if p.num_layers_per_virtual_pipeline_stage:
+        per_stage = num_layers // p.pipeline_model_parallel_size
+        if per_stage % p.num_layers_per_virtual_pipeline_stage:
+            raise ConfigError(f"--num-layers-per-virtual-pipeline-stage {p.num_layers_per_virtual_pipeline_stage} "
+                              f"does not divide the {per_stage} layers of each pipeline stage")
+        vpp = per_stage // p.num_layers_per_virtual_pipeline_stage
+    return ParallelDims(world_size=world_size, tp=p.tensor_model_parallel_size, pp=p.pipeline_model_parallel_size,
+                        ep=p.expert_model_parallel_size, expert_tp=p.expert_tensor_parallel_size,
+                        vpp=vpp if vpp and vpp > 1 else None, num_layer_list=parse_num_layer_list(p.num_layer_list),
+                        sequence_parallel=p.sequence_parallel)
+
+
+def _check_data(cfg: PretrainConfig) -> None:
+    paths, _ = cfg.data.blend()
+    for prefix in paths:
+        missing = [s for s in (".bin", ".idx") if not Path(prefix + s).is_file()]
+        if missing:
+            raise ConfigError(f"--data-path {prefix}: {' and '.join(prefix + s for s in missing)} not found "
+                              "(give the prefix written by tools/preprocess_data.py, e.g. data/corpus_text_document)")
+
+
+def _tokenizer(cfg: PretrainConfig):
+    d = cfg.data
+    if d.tokenizer_type is None:
+        raise ConfigError("--tokenizer-type is required (e.g. SentencePieceTokenizer with --tokenizer-model, "
+                          "or PretrainedFromHF with --tokenizer-name-or-path)")
+    from moetrain.data.tokenizers import build_tokenizer
+
+    try:
+        return build_tokenizer(d.tokenizer_type, name_or_path=d.tokenizer_name_or_path, model_file=d.tokenizer_model)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"tokenizer: {e}") from None
+
+
+def log_dir_for(cfg: PretrainConfig) -> Path:
+    if cfg.logging.log_dir:
+        return Path(cfg.logging.log_dir)
+    if os.environ.get("MOETRAIN_LOG_DIR"):
+        return Path(os.environ["MOETRAIN_LOG_DIR"])
+    if cfg.checkpoint.save:
+        return Path(cfg.checkpoint.save) / "logs"
+    return Path("runs") / cfg.model
+
+
+def resolve(cfg: PretrainConfig, world_size: int, dist_backend: str = "gloo") -> ResolvedRun:
+    t = cfg.training
+    if t.train_iters > 0:
+        _check_data(cfg)
+    tokenizer = _tokenizer(cfg) if cfg.data.data_path or cfg.data.tokenizer_type else None
+    model_cfg = _model_config(cfg, tokenizer)
+    dims = _dims(cfg, world_size, model_cfg.num_layers)
+    dims.validate_model(model_cfg, dist_backend)
+    per_step = t.micro_batch_size * dims.dp
+    if t.global_batch_size % per_step:
+        raise ConfigError(f"--global-batch-size {t.global_batch_size} is not divisible by --micro-batch-size "
+                          f"{t.micro_batch_size} x data-parallel size {dims.dp} = {per_step} "
+                          f"({dims.describe()})")
+    num_microbatches = t.global_batch_size // per_step
+    if dims.pp > 1 and dims.vpp and num_microbatches % dims.pp:
+        raise ConfigError(f"interleaved pipeline: micro-batches per step {num_microbatches} must be a multiple of "
+                          f"--pipeline-model-parallel-size {dims.pp}")
+    ck = cfg.checkpoint
+    load_iteration = None
+    if ck.load:
+        load_iteration = checkpointing.read_latest(ck.load)
+        if load_iteration is None and ck.finetune:
+            raise ConfigError(f"--finetune: --load {ck.load} holds no checkpoint "
+                              f"({checkpointing.TRACKER_FILE} missing)")
+        if load_iteration is not None:
+            meta = checkpointing.read_meta(ck.load, load_iteration)
+            checkpointing.check_compatible(meta["model_config"], model_cfg,
+                                           f"{ck.load}/{checkpointing.iter_dir_name(load_iteration)}")
+    if cfg.data.eval_interval < 1:
+        raise ConfigError("--eval-interval must be >= 1")
+    return ResolvedRun(cfg=cfg, model_cfg=model_cfg, dims=dims, seq_length=model_cfg.seq_length,
+                       num_microbatches=num_microbatches, tokenizer=tokenizer, log_dir=log_dir_for(cfg),
+                       load_iteration=load_iteration)
