@@ -38,7 +38,7 @@ NON_ARCH_FIELDS = {"name", "seq_length", "hf_architecture", "published_params", 
                    "moe_z_loss_coeff", "moe_expert_capacity_factor"}
 # Sharding metadata for model and optimizer sharded state dicts (the same on save and load).
 SHARDING_METADATA = {"singleton_local_shards": False, "chained_optim_avoid_prefix": True,
-                     "distrib_optim_sharding_type": "fully_sharded_model_space"}
+                     "distrib_optim_sharding_type": "fully_reshardable"}
 
 
 @dataclass
@@ -97,8 +97,36 @@ def _cover_stateless_modules(model) -> None:
                 module.sharded_state_dict = _empty_sharded_state_dict
 
 
+def _unwrap(model) -> list:
+    """The bare GPTModels under DDP / Float16Module: checkpoint keys are theirs (Megatron-LM does
+    the same), so a checkpoint does not depend on the wrappers used to train."""
+    bare = []
+    for chunk in model:
+        while hasattr(chunk, "module"):
+            chunk = chunk.module
+        bare.append(chunk)
+    return bare
+
+
+def _init_empty_optimizer_states(optimizer) -> None:
+    """A fresh DistributedOptimizer has no Adam state yet, and its ``sharded_state_dict`` (needed to
+    *load* one) asserts on the missing ``step`` without Apex / TE. Create the states with one
+    zero-gradient step at lr 0 (no parameter moves); loading then overwrites them."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if isinstance(opt, DistributedOptimizer) and not opt.optimizer.state:
+            lrs = [group["lr"] for group in opt.optimizer.param_groups]
+            for group in opt.optimizer.param_groups:
+                group["lr"] = 0.0
+            opt._init_optimizer_states_with_dummy_values()
+            for group, lr in zip(opt.optimizer.param_groups, lrs):
+                group["lr"] = lr
+
+
 def _sharded_state_dict(model, optimizer, scheduler, state: TrainState | None, with_optim: bool,
                         is_loading: bool) -> dict:
+    model = _unwrap(model)
     _cover_stateless_modules(model)
     sd: dict = {}
     if len(model) == 1:
@@ -107,6 +135,8 @@ def _sharded_state_dict(model, optimizer, scheduler, state: TrainState | None, w
         for i, chunk in enumerate(model):
             sd[f"model{i}"] = chunk.sharded_state_dict(metadata=SHARDING_METADATA)
     if with_optim and optimizer is not None:
+        if is_loading:
+            _init_empty_optimizer_states(optimizer)
         sd["optimizer"] = optimizer.sharded_state_dict(sd, is_loading=is_loading, metadata=SHARDING_METADATA)
         sd["opt_param_scheduler"] = scheduler.state_dict()
     if state is not None:
@@ -210,11 +240,8 @@ def load_checkpoint(root: str | Path, model, optimizer, scheduler, *, load_optim
     load_optim = load_optim and not finetune and meta.get("has_optimizer", True)
     sd = _sharded_state_dict(model, optimizer, scheduler, None, load_optim, is_loading=True)
     loaded = dist_checkpointing.load(sd, str(ckpt))
-    if len(model) == 1:
-        model[0].load_state_dict(loaded["model"], strict=True)
-    else:
-        for i, chunk in enumerate(model):
-            chunk.load_state_dict(loaded[f"model{i}"], strict=True)
+    for i, chunk in enumerate(_unwrap(model)):
+        chunk.load_state_dict(loaded["model" if len(model) == 1 else f"model{i}"], strict=True)
     if load_optim:
         optimizer.load_state_dict(loaded["optimizer"])
         scheduler.load_state_dict(loaded["opt_param_scheduler"])

@@ -52,7 +52,8 @@ def _add_field(group, name: str, hint, default, dest: str | None = None, optiona
     kind = _base_type(hint)
     kwargs = dict(dest=dest or name, help=_HELP.get(name))
     if kind is bool:
-        action = argparse.BooleanOptionalAction if optional_bool else "store_true"
+        # A flag that defaults to True needs its --no- form (e.g. --no-tensorboard).
+        action = argparse.BooleanOptionalAction if optional_bool or default is True else "store_true"
         group.add_argument(_flag(name), action=action, default=default, **kwargs)
     elif kind is list:
         group.add_argument(_flag(name), nargs="+", default=default, **kwargs)

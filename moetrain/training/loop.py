@@ -62,7 +62,7 @@ def build_model_and_optimizer(run: ResolvedRun):
     from moetrain.models.transformer_config import DTYPES, RuntimeOptions, build_transformer_config
     from moetrain.training.lr_schedule import build_scheduler
 
-    cfg, t, opt = run.cfg, run.cfg.training, run.cfg.optimizer
+    t, opt = run.cfg.training, run.cfg.optimizer
     options = RuntimeOptions(dtype=t.dtype, hidden_dropout=t.hidden_dropout, attention_dropout=t.attention_dropout,
                              recompute_granularity=t.recompute_granularity, recompute_method=t.recompute_method,
                              recompute_num_layers=t.recompute_num_layers,

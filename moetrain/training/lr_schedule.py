@@ -16,6 +16,8 @@ def schedule_iters(opt: OptimizerSection, train_iters: int) -> tuple[int, int]:
     warmup = opt.lr_warmup_iters
     if opt.lr_warmup_fraction is not None:
         warmup = int(opt.lr_warmup_fraction * decay)
+    if train_iters == 0:  # an initial-weights save: no step is taken, any schedule will do
+        return 0, decay
     if warmup >= decay:
         raise ConfigError(f"lr warmup ({warmup} iterations) must be shorter than the decay "
                           f"({decay} iterations: --lr-decay-iters or --train-iters)")

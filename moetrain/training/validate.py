@@ -121,6 +121,9 @@ def resolve(cfg: PretrainConfig, world_size: int, dist_backend: str = "gloo") ->
             meta = checkpointing.read_meta(ck.load, load_iteration)
             checkpointing.check_compatible(meta["model_config"], model_cfg,
                                            f"{ck.load}/{checkpointing.iter_dir_name(load_iteration)}")
+    from moetrain.training.lr_schedule import schedule_iters
+
+    schedule_iters(cfg.optimizer, t.train_iters)
     if cfg.data.eval_interval < 1:
         raise ConfigError("--eval-interval must be >= 1")
     return ResolvedRun(cfg=cfg, model_cfg=model_cfg, dims=dims, seq_length=model_cfg.seq_length,
