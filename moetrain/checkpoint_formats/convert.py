@@ -1,0 +1,214 @@
+"""hf -> mg, mg -> hf and mg -> mg (re-shard), one tensor or one target rank at a time.
+
+Every direction is "a getter of full HF-named tensors" (an HF directory, or a Megatron checkpoint
+un-sharded on the fly) feeding a writer (per-rank Megatron files via ``hf_to_mcore``, or streamed
+safetensors shards). Inputs are validated as a whole from headers / metadata before any data is
+read; outputs are checked complete; everything is written into a temporary sibling of
+``--save-dir`` and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from moetrain.checkpoint_formats.errors import ConversionError
+from moetrain.checkpoint_formats.hf_dir import HFDirSource
+from moetrain.checkpoint_formats.legacy import save_rank_checkpoint, write_tracker
+from moetrain.checkpoint_formats.mcore_source import MegatronSource, hf_order, layer_of
+from moetrain.checkpoint_formats.mg_dir import open_megatron
+from moetrain.checkpoint_formats.options import DTYPE_NAMES, ConvertOptions, ConvertReport
+from moetrain.checkpoint_formats.output_dir import check_target, commit, temp_dir_for
+from moetrain.checkpoint_formats.progress import Progress
+from moetrain.checkpoint_formats.safetensors_writer import (
+    PlannedTensor,
+    StreamingSafetensorsWriter,
+    parse_size,
+)
+from moetrain.models.builder import padded_vocab_size
+from moetrain.models.config import ModelConfig
+from moetrain.models.hf_config import from_hf_config, to_hf_config
+from moetrain.models.registry import get_flavor
+from moetrain.models.weight_maps import (
+    ShardLayout,
+    WeightMapError,
+    all_coords,
+    expected_hf_keys,
+    expected_mcore_keys,
+    hf_to_mcore,
+)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "merges.txt", "generation_config.json")
+
+
+def check_model_type(cfg: ModelConfig, model_type: str) -> None:
+    ok = {"grok1": cfg.family == "grok1", "llama2": cfg.family == "llama" and not cfg.is_moe,
+          "llama3": cfg.family == "llama" and not cfg.is_moe, "mixtral": cfg.family == "llama" and cfg.is_moe}
+    if not ok[model_type]:
+        kind = "Grok-1" if cfg.family == "grok1" else "Mixtral (MoE)" if cfg.is_moe else "Llama (dense)"
+        raise ConversionError(f"--model-type-hf {model_type} does not match the checkpoint's model, which is {kind}")
+
+
+def _hf_model_config(opts: ConvertOptions) -> ModelConfig:
+    if opts.model:
+        return get_flavor(opts.model)
+    path = opts.load_dir / "config.json"
+    if not path.is_file():
+        raise ConversionError(f"{opts.load_dir}: no config.json; give the architecture with --model <flavor>")
+    try:
+        return from_hf_config(json.loads(path.read_text()), name=f"hf:{opts.load_dir.name}")
+    except (KeyError, ValueError) as e:
+        raise ConversionError(f"{path}: {e}") from None
+
+
+def target_layout(cfg: ModelConfig, opts: ConvertOptions) -> ShardLayout:
+    layout = ShardLayout(tp=opts.tp, pp=opts.pp, ep=opts.ep, num_layer_list=opts.num_layer_list,
+                         padded_vocab_size=padded_vocab_size(cfg.vocab_size, opts.tp,
+                                                             opts.make_vocab_size_divisible_by))
+    try:
+        expected_mcore_keys(cfg, layout, all_coords(layout)[0])  # validates the layout against the model
+    except WeightMapError as e:
+        raise ConversionError(f"target layout: {e}") from None
+    return layout
+
+
+def _validate_hf(cfg: ModelConfig, source: HFDirSource) -> None:
+    expected = expected_hf_keys(cfg)
+    tied_out = None if cfg.untie_embeddings_and_output_weights else "lm_head.weight"
+    for name, info in source.infos.items():
+        want = expected.get("model.embed_tokens.weight" if name == tied_out else name)
+        if want is None:
+            raise ConversionError(f"tensor {name!r} in {info.file} maps to no megatron-core tensor")
+        if info.shape != tuple(want):
+            raise ConversionError(f"tensor {name!r} in {info.file}: shape {info.shape} contradicts the config "
+                                  f"(expected {tuple(want)})")
+    missing = sorted(set(expected) - set(source.infos))
+    if missing:
+        raise ConversionError(f"tensor {missing[0]!r} is missing from {source.dir} ({len(missing)} missing)")
+
+
+def _check_tied(cfg: ModelConfig, source: HFDirSource) -> None:
+    """A tied lm_head present on disk must equal the embedding (it is not written separately)."""
+    if cfg.untie_embeddings_and_output_weights or "lm_head.weight" not in source.infos:
+        return
+    if not torch.equal(source.get("lm_head.weight"), source.get("model.embed_tokens.weight")):
+        raise ConversionError(f"tensor 'lm_head.weight' in {source.infos['lm_head.weight'].file}: embeddings are "
+                              f"tied (tie_word_embeddings) but it differs from model.embed_tokens.weight")
+    source.release()
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return t if dtype is None or t.dtype == dtype else t.to(dtype)
+
+
+def _write_mg(cfg, getter, release, layout: ShardLayout, opts: ConvertOptions, tmp: Path, report: ConvertReport,
+              progress: Progress, extra_for=None) -> None:
+    dtype_name = opts.params_dtype
+    for coord in all_coords(layout):  # one target rank in memory at a time
+        try:
+            sd = hf_to_mcore(cfg, lambda n: _cast(getter(n), opts.dtype), layout, coord)
+        except WeightMapError as e:
+            raise ConversionError(str(e)) from None
+        if dtype_name is None and sd:
+            dtype_name = DTYPE_NAMES.get(next(iter(sd.values())).dtype)
+        extra = extra_for(coord) if extra_for else None
+        save_rank_checkpoint(tmp, coord, layout, sd, cfg.to_dict(), opts.iteration, dtype_name, extra)
+        nbytes = sum(t.numel() * t.element_size() for t in sd.values())
+        report.tensors_written += len(sd)
+        report.bytes_written += nbytes
+        progress.update(len(sd), nbytes)
+        del sd
+        release()
+    write_tracker(tmp, opts.iteration)  # last: a directory without it is not a checkpoint
+
+
+def _write_hf(cfg: ModelConfig, source, opts: ConvertOptions, tmp: Path, report: ConvertReport,
+              progress: Progress) -> None:
+    names = hf_order(source.infos)
+    plan = [PlannedTensor(n, source.infos[n].shape, opts.dtype or source.infos[n].dtype) for n in names]
+    writer = StreamingSafetensorsWriter(tmp, plan, parse_size(opts.max_shard_size))
+    last_layer = -1
+    try:
+        for name in names:
+            layer = layer_of(name)
+            if layer != last_layer:
+                source.release()  # unmap the previous layer's files: memory stays ~ one tensor
+                last_layer = layer
+            t = _cast(source.get(name), opts.dtype)
+            writer.add(name, t)
+            progress.update(1, t.numel() * t.element_size())
+        writer.finish()
+    finally:
+        writer.abort()
+    report.tensors_written, report.bytes_written = writer.tensors_written, writer.bytes_written
+    hf_cfg = to_hf_config(cfg)
+    hf_cfg.dtype = opts.dtype or plan[0].dtype
+    hf_cfg.save_pretrained(tmp)
+    if opts.tokenizer_dir is not None:
+        if not opts.tokenizer_dir.is_dir():
+            raise ConversionError(f"--tokenizer-dir {opts.tokenizer_dir} is not a directory")
+        for f in TOKENIZER_FILES:
+            if (opts.tokenizer_dir / f).is_file():
+                shutil.copy2(opts.tokenizer_dir / f, tmp / f)
+
+
+def convert(opts: ConvertOptions) -> ConvertReport:
+    """Run one conversion; raises ConversionError on bad input (nothing is left at --save-dir then)."""
+    start = time.monotonic()
+    if not opts.load_dir.exists():
+        raise ConversionError(f"--load-dir {opts.load_dir} does not exist")
+    check_target(opts.save_dir, opts.overwrite, opts.load_dir)
+    direction = f"{opts.load_model_type} -> {opts.save_model_type}"
+    report = ConvertReport(direction)
+    if opts.load_model_type == "hf":
+        cfg = _hf_model_config(opts)
+        check_model_type(cfg, opts.model_type_hf)
+        source = HFDirSource(opts.load_dir)
+        _validate_hf(cfg, source)
+        layout = target_layout(cfg, opts)
+        total = sum(len(expected_mcore_keys(cfg, layout, c)) for c in all_coords(layout))
+        tmp = temp_dir_for(opts.save_dir)
+        try:
+            with Progress(total, opts.progress) as progress:
+                _check_tied(cfg, source)
+                _write_mg(cfg, source.get, source.release, layout, opts, tmp, report, progress)
+            unread = sorted(set(source.infos) - source.read_names)
+            if unread:
+                raise ConversionError(f"tensor {unread[0]!r} in {source.infos[unread[0]].file} was never read")
+            commit(tmp, opts.save_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        report.tensors_read, report.bytes_read = source.tensors_read, source.bytes_read
+    else:
+        mg = open_megatron(opts.load_dir, opts.model)
+        check_model_type(mg.cfg, opts.model_type_hf)
+        cfg = mg.cfg
+        source = MegatronSource(cfg, mg.reader)
+        report.optimizer = mg.optimizer_note(keep=False)
+        tmp = temp_dir_for(opts.save_dir)
+        try:
+            if opts.save_model_type == "hf":
+                with Progress(len(source.infos), opts.progress) as progress:
+                    _write_hf(cfg, source, opts, tmp, report, progress)
+            else:
+                layout = target_layout(cfg, opts)
+                extra_for = mg.optimizer_extra(layout) if opts.keep_optimizer else None
+                report.optimizer = mg.optimizer_note(keep=bool(opts.keep_optimizer))
+                total = sum(len(expected_mcore_keys(cfg, layout, c)) for c in all_coords(layout))
+                with Progress(total, opts.progress) as progress:
+                    _write_mg(cfg, source.get, source.release, layout, opts, tmp, report, progress, extra_for)
+            source.check_all_read()
+            commit(tmp, opts.save_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        report.tensors_read, report.bytes_read = source.tensors_read, source.bytes_read
+        report.replicas_skipped = source.replicas_skipped()
+    report.seconds = time.monotonic() - start
+    return report
