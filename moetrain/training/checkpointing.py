@@ -124,6 +124,46 @@ def _init_empty_optimizer_states(optimizer) -> None:
                 group["lr"] = lr
 
 
+def _skip_step_in_state_copy() -> None:
+    """megatron-core 0.16 bug without Apex / TE (torch Adam): loading a ``fully_reshardable``
+    distributed-optimizer state copies every key of the param's Adam state, including ``step``,
+    which the checkpoint tensors do not carry (step is restored separately) -> KeyError. Hide
+    ``step`` during that copy. Applied once; a no-op for states without ``step``."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    original = DistributedOptimizer._set_main_param_and_optimizer_states
+    if getattr(original, "_moetrain_patched", False):
+        return
+
+    def set_states(self, model_param, tensors):
+        if "step" in tensors or self.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8:
+            return original(self, model_param, tensors)
+        group_index, group_order = self.model_param_group_index_map[model_param]
+        state = self.optimizer.state[self.optimizer.param_groups[group_index]["params"][group_order]]
+        step = state.pop("step", None)
+        try:
+            original(self, model_param, tensors)
+        finally:
+            if step is not None:
+                state["step"] = step
+
+    set_states._moetrain_patched = True
+    DistributedOptimizer._set_main_param_and_optimizer_states = set_states
+
+
+def _unshare_adam_steps(optimizer) -> None:
+    """megatron-core 0.16 without Apex / TE gives every param of a DistributedOptimizer the *same*
+    ``step`` tensor on load; torch Adam increments it in place once per param, so the bias
+    correction would run ahead (measured: resumed losses drifted). One tensor per param fixes it."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if isinstance(opt, DistributedOptimizer):
+            for state in opt.optimizer.state.values():
+                if torch.is_tensor(state.get("step")):
+                    state["step"] = state["step"].clone()
+
+
 def _sharded_state_dict(model, optimizer, scheduler, state: TrainState | None, with_optim: bool,
                         is_loading: bool) -> dict:
     model = _unwrap(model)
@@ -240,10 +280,12 @@ def load_checkpoint(root: str | Path, model, optimizer, scheduler, *, load_optim
     load_optim = load_optim and not finetune and meta.get("has_optimizer", True)
     sd = _sharded_state_dict(model, optimizer, scheduler, None, load_optim, is_loading=True)
     loaded = dist_checkpointing.load(sd, str(ckpt))
+    _skip_step_in_state_copy()
     for i, chunk in enumerate(_unwrap(model)):
         chunk.load_state_dict(loaded["model" if len(model) == 1 else f"model{i}"], strict=True)
     if load_optim:
         optimizer.load_state_dict(loaded["optimizer"])
+        _unshare_adam_steps(optimizer)
         scheduler.load_state_dict(loaded["opt_param_scheduler"])
     elif optimizer is not None:
         optimizer.reload_model_params()  # main (fp32) copies follow the loaded weights
