@@ -107,6 +107,28 @@ def in_flight(layout: Layout, stage: int, microbatches: int) -> float:
     return min((2 * (pp - stage - 1) + (v - 1) * pp + 1) / v, float(microbatches))
 
 
+def stage_activation_bytes(cfg: ModelConfig, layout: Layout, setup: Setup, r: RankParams,
+                           flight: float = 1.0) -> float:
+    """Activation bytes of a rank of stage ``r.stage`` holding ``flight`` micro-batches (1: one micro-batch)."""
+    tokens = setup.micro_batch_size * setup.seq_length
+    per_layer = layer_activation_bytes_per_token(cfg, layout, setup) * tokens
+    by = 2 if setup.bf16 else 4
+    h_split = layout.tp if layout.sequence_parallel else 1
+    vocab = setup.padded_vocab_size or cfg.vocab_size
+    if layout.recompute_granularity == "full":
+        # only each layer's input is kept; backward rebuilds one layer at a time
+        act = r.layers * by * cfg.hidden_size / h_split * tokens * flight + per_layer
+    else:
+        act = r.layers * per_layer * flight
+    if r.stage == 0:
+        act += by * cfg.hidden_size / h_split * tokens * flight  # embedding output
+    if r.stage == layout.pp - 1:
+        # final norm and output-layer inputs, fp32 vocab-parallel logits for the loss; the last
+        # stage runs each micro-batch's backward right after its forward (one in flight)
+        act += (2 * by * cfg.hidden_size / h_split + 4 * vocab / layout.tp) * tokens
+    return act
+
+
 def memory_per_stage(
     cfg: ModelConfig, layout: Layout, setup: Setup, reserved_gib: float = 0.0
 ) -> list[StageMemory]:
@@ -119,26 +141,11 @@ def memory_per_stage(
     w_b, g_b, o_b = state_bytes_per_param(setup.bf16)
     dense_shard = layout.dp if layout.use_distributed_optimizer else 1
     expert_shard = layout.expert_dp if layout.use_distributed_optimizer else 1
-    tokens = setup.micro_batch_size * setup.seq_length
-    per_layer = layer_activation_bytes_per_token(cfg, layout, setup) * tokens
-    by = 2 if setup.bf16 else 4
-    h_split = layout.tp if layout.sequence_parallel else 1
     m = num_microbatches(layout, setup.global_batch_size, setup.micro_batch_size)
-    vocab = setup.padded_vocab_size or cfg.vocab_size
     out = []
     for r in ranks:
         flight = in_flight(layout, r.stage, m)
-        if layout.recompute_granularity == "full":
-            # only each layer's input is kept; backward rebuilds one layer at a time
-            act = r.layers * by * cfg.hidden_size / h_split * tokens * flight + per_layer
-        else:
-            act = r.layers * per_layer * flight
-        if r.stage == 0:
-            act += by * cfg.hidden_size / h_split * tokens * flight  # embedding output
-        if r.stage == layout.pp - 1:
-            # final norm and output-layer inputs, fp32 vocab-parallel logits for the loss; the last
-            # stage runs each micro-batch's backward right after its forward (one in flight)
-            act += (2 * by * cfg.hidden_size / h_split + 4 * vocab / layout.tp) * tokens
+        act = stage_activation_bytes(cfg, layout, setup, r, flight)
         out.append(StageMemory(
             stage=r.stage,
             params=r,
