@@ -160,7 +160,9 @@ def pretrain(run: ResolvedRun, backend) -> TrainSummary:
         interval["time"] += seconds
         interval["steps"] += 1
         nan_streak = nan_streak + 1 if result.nan else 0
-        if state.iteration % cfg.logging.log_interval == 0 or state.iteration == t.train_iters or nan_streak:
+        first_of_run = len(summary.step_times) == 1  # the start-up loss is always worth a line
+        if (state.iteration % cfg.logging.log_interval == 0 or state.iteration == t.train_iters or nan_streak
+                or first_of_run):
             step_s = interval["time"] / interval["steps"]
             logger.metrics({"iteration": state.iteration, "lm_loss": result.lm_loss, "aux_loss": result.aux_loss,
                             "lr": optimizer.param_groups[0]["lr"], "grad_norm": result.grad_norm,
