@@ -80,6 +80,38 @@ def _allow_children() -> None:
     multiprocessing.current_process()._config["daemon"] = False
 
 
+def _nan_checks(data, tokenizer, tmp: Path) -> dict:
+    """A NaN loss in iteration 2 is skipped and counted; NaN every step stops after --max-nan-iters."""
+    from moetrain.pretrain import run_pretrain
+    from moetrain.training import loop, step
+
+    original = step._loss_func
+    calls = {"n": 0}
+
+    def nan_in_second_step(loss_mask, output_tensor):
+        calls["n"] += 1
+        loss, num_tokens, report = original(loss_mask, output_tensor)
+        if 5 <= calls["n"] <= 8 or calls.get("always"):  # 4 micro-batches per step
+            loss = loss * float("nan")
+            report = {"lm loss": report["lm loss"] * float("nan")}
+        return loss, num_tokens, report
+
+    step._loss_func = nan_in_second_step
+    try:
+        summary = run_pretrain(_args(data, tokenizer, tmp, "nan", "--load", str(tmp / "init"), "--finetune",
+                                     iters=3))
+        calls["always"] = True
+        try:
+            run_pretrain(_args(data, tokenizer, tmp, "nan_stop", "--max-nan-iters", "2", iters=5))
+            stopped = ""
+        except loop.TrainingError as e:
+            stopped = str(e)
+    finally:
+        step._loss_func = original
+    return {"losses": _losses(summary), "nan_iters": summary.nan_iters, "skipped": summary.skipped_iters,
+            "stopped": stopped}
+
+
 def single_rank_group(rank, world_size, data, tokenizer, tmp, real):
     _allow_children()
     from moetrain.pretrain import run_pretrain
@@ -114,6 +146,7 @@ def single_rank_group(rank, world_size, data, tokenizer, tmp, real):
     out["resumed_dirs"] = sorted(p.name for p in killed.iterdir())
     out["metrics"] = [json.loads(line) for line in (tmp / "logs_ref" / "metrics.jsonl").read_text().splitlines()]
     out["run_info"] = json.loads((tmp / "logs_ref" / "run_info.json").read_text())
+    out["nan"] = _nan_checks(data, tokenizer, tmp)
     if real is not None:
         real_run = run_pretrain(_args(real[0], real[1], tmp, "real", iters=10))
         out["real"] = _losses(real_run)
@@ -228,6 +261,16 @@ def test_killed_save_leaves_previous_checkpoint_and_resume_is_exact(single):
 
 VPP_GAP = ("interleaved 1F1B (virtual pipeline) trains but its losses differ from 1 rank by up to 4% after "
            "3 steps (0.03% at step 1); the other layouts agree to 1e-5 - not diagnosed yet")
+
+
+def test_nan_loss_skips_the_step_and_stops_after_max_nan_iters(single):
+    nan = single["nan"]
+    assert nan["nan_iters"] == 1 and nan["skipped"] == 1
+    losses = nan["losses"]
+    assert losses[0] == single["ref"][0] and losses[1] != losses[1] and losses[2] == losses[2]
+    # The skipped step did not update the weights: iteration 3 sees the weights of iteration 2.
+    assert losses[2] != single["ref"][2]
+    assert "2 NaN/inf losses in a row (--max-nan-iters 2)" in nan["stopped"]
 
 
 @pytest.mark.parametrize("layout", [pytest.param(n, marks=pytest.mark.xfail(reason=VPP_GAP, strict=False))

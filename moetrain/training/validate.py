@@ -111,6 +111,13 @@ def resolve(cfg: PretrainConfig, world_size: int, dist_backend: str = "gloo") ->
         raise ConfigError(f"interleaved pipeline: micro-batches per step {num_microbatches} must be a multiple of "
                           f"--pipeline-model-parallel-size {dims.pp}")
     ck = cfg.checkpoint
+    if ck.save:
+        import importlib.util
+
+        # dist_checkpointing's writer calls psutil unconditionally; without it a save hangs.
+        if importlib.util.find_spec("psutil") is None:
+            raise ConfigError("--save needs the psutil package (megatron-core's checkpoint writer uses it): "
+                              "pip install psutil")
     load_iteration = None
     if ck.load:
         load_iteration = checkpointing.read_latest(ck.load)
