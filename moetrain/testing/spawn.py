@@ -89,7 +89,9 @@ def run_on_ranks(world_size: int, fn: Callable, args: Sequence = (), timeout: fl
     results = ctx.Queue()
     port = free_port()
     procs = [ctx.Process(target=_child, args=(r, world_size, port, file, fn.__name__, tuple(args), results,
-                                              threads_per_rank), daemon=True) for r in range(world_size)]
+                                              threads_per_rank)) for r in range(world_size)]
+    # Not daemonic: megatron's checkpoint writer starts a multiprocessing.Manager, which daemon
+    # processes may not do. Stragglers are killed in the ``finally`` below.
     for p in procs:
         p.start()
     collected: dict[int, object] = {}
