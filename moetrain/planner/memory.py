@@ -62,28 +62,49 @@ def state_bytes_per_param(bf16: bool) -> tuple[int, int, int]:
 
 
 def layer_activation_bytes_per_token(cfg: ModelConfig, layout: Layout, setup: Setup) -> float:
-    """Saved activations of one transformer layer for one token of one micro-batch (no recompute)."""
+    """Saved activations of one transformer layer for one token of one micro-batch (no recompute).
+
+    Itemised from what moetrain's layers save for backward (checked against saved-tensor hooks on
+    CPU, ``tools/bench_planner.py``): each RMSNorm keeps its fp32 input, the fp32 normalised tensor
+    and the fp32 rstd (8 h + 4 bytes, whatever the model dtype); each linear keeps its input; the
+    attention kernels expand K and V to all query heads (GQA) and save the expanded copies; a gated
+    MLP keeps fc1's output (2 f), act(gate) (f) and act(gate) * up (f); a routed expert also keeps
+    its output scaled by the router probability (f) and the fp32 probability.
+    """
     t = layout.tp
     h_split = t if layout.sequence_parallel else 1  # SP splits the h-sized tensors too
     h, f = cfg.hidden_size, cfg.ffn_hidden_size
     q = cfg.num_attention_heads * cfg.head_dim
     kv = cfg.num_query_groups * cfg.head_dim
+    kv_saved = q if cfg.num_query_groups < cfg.num_attention_heads else kv  # expanded to all heads
     norms = 4 if cfg.sandwich_norm else 2
     by = 2 if setup.bf16 else 4
-    # norm inputs (the residual stream) and the inputs of QKV and of the MLP/router
-    total = by * h * (norms + 2) / h_split
-    total += by * (q + 2 * kv) / t  # Q, K, V
+    total = norms * (8 * h + 4) / h_split  # fp32 norm input, normalised, rstd
+    total += 2 * by * h / h_split  # inputs of QKV and of the MLP / MoE layer (norm outputs)
+    total += by * (q + 2 * kv_saved) / t  # Q, K, V as the attention kernel saves them
     total += by * q / t  # attention output = out-projection input
     total += _attention_scores_bytes(cfg, layout, setup, by) / t
     if cfg.is_moe:
-        k, etp = cfg.moe_router_topk, layout.expert_tp
-        total += 2 * 4 * cfg.num_experts / h_split  # router logits and probabilities, fp32
+        k, etp, e = cfg.moe_router_topk, layout.expert_tp, cfg.num_experts
+        # router: fp32 logits / probabilities and routing map, int64 top-k indices
+        total += (9 * e + 16 * k + (4 * e if cfg.moe_router_pre_softmax else 4 * k)) / h_split
         # Each token is routed to k experts; expert-TP gathers the tokens of its etp group, each
-        # rank then computes an f/etp slice: saved expert input (h), fc1 output (2 f), act output (f).
-        total += k * etp / t * by * (h + 3 * f / etp)
+        # rank then computes an f/etp slice: permuted input (h), fc1 out (2 f), act (f), act*up (f),
+        # probability-scaled output (f), fp32 probability.
+        total += k * etp / t * (by * (h + 5 * f / etp) + 4)
     else:
-        total += by * 3 * f / t  # fc1 output (gate and up halves) and the activation output
+        total += by * 4 * f / t  # fc1 output (gate and up halves), act(gate), act(gate) * up
     return total
+
+
+def layer_activation_bytes_fixed(cfg: ModelConfig, setup: Setup) -> float:
+    """Per layer and micro-batch, independent of the batch size: RoPE cos/sin for Q and K, and the
+    causal mask of the unfused attention."""
+    by = 2 if setup.bf16 else 4
+    fixed = 4 * setup.seq_length * cfg.head_dim * by
+    if not setup.flash_attention and cfg.attn_logit_softcapping:
+        fixed += setup.seq_length**2  # bool [s, s]
+    return fixed
 
 
 def _attention_scores_bytes(cfg: ModelConfig, layout: Layout, setup: Setup, by: int) -> float:
@@ -92,9 +113,9 @@ def _attention_scores_bytes(cfg: ModelConfig, layout: Layout, setup: Setup, by: 
         return 4 * a  # fp32 log-sum-exp per head and query
     if layout.recompute_granularity == "selective":
         return 0.0  # core attention is recomputed
-    per_head = by * s  # softmax output over s keys
-    if cfg.attn_logit_softcapping:
-        per_head += by * s  # tanh output for the soft-cap backward
+    # fp32 scores (soft-cap input) and fp32 softmax output over s keys, plus the probabilities
+    # cast back to the model dtype for probs @ V
+    per_head = 8 * s + (by * s if by != 4 else 0)
     return a * per_head
 
 
@@ -112,6 +133,7 @@ def stage_activation_bytes(cfg: ModelConfig, layout: Layout, setup: Setup, r: Ra
     """Activation bytes of a rank of stage ``r.stage`` holding ``flight`` micro-batches (1: one micro-batch)."""
     tokens = setup.micro_batch_size * setup.seq_length
     per_layer = layer_activation_bytes_per_token(cfg, layout, setup) * tokens
+    per_layer += layer_activation_bytes_fixed(cfg, setup)
     by = 2 if setup.bf16 else 4
     h_split = layout.tp if layout.sequence_parallel else 1
     vocab = setup.padded_vocab_size or cfg.vocab_size
@@ -121,11 +143,13 @@ def stage_activation_bytes(cfg: ModelConfig, layout: Layout, setup: Setup, r: Ra
     else:
         act = r.layers * per_layer * flight
     if r.stage == 0:
-        act += by * cfg.hidden_size / h_split * tokens * flight  # embedding output
+        # int64 token ids (the embedding output is the first layer's input, counted there)
+        act += 8 * tokens * flight
     if r.stage == layout.pp - 1:
-        # final norm and output-layer inputs, fp32 vocab-parallel logits for the loss; the last
-        # stage runs each micro-batch's backward right after its forward (one in flight)
-        act += (2 * by * cfg.hidden_size / h_split + 4 * vocab / layout.tp) * tokens
+        # final norm (fp32 input, normalised, rstd), output-layer input, fp32 vocab-parallel logits,
+        # int64 labels and the loss mask; the last stage runs each micro-batch's backward right after
+        # its forward (one in flight)
+        act += ((8 * cfg.hidden_size + 4 + by * cfg.hidden_size) / h_split + 4 * vocab / layout.tp + 9) * tokens
     return act
 
 
