@@ -177,7 +177,7 @@ LAYOUTS = (
     LayoutSpec("PP2", 2, pp=2),
     LayoutSpec("EP2", 2, ep=2),
     LayoutSpec("TP2xPP2xEP2", 8, tp=2, pp=2, ep=2),
-    LayoutSpec("PP2[1,3]", 2, pp=2, num_layer_list=(1, 3)),
+    LayoutSpec("PP2(1+3)", 2, pp=2, num_layer_list=(1, 3)),
 )
 
 
