@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from moetrain.training.checkpointing import TrainState, load_checkpoint, save_checkpoint
+from moetrain.training.converted_load import load_converted_weights
 from moetrain.training.run_log import RunLogger, Throughput
 from moetrain.training.validate import ResolvedRun
 
@@ -117,7 +118,9 @@ def pretrain(run: ResolvedRun, backend) -> TrainSummary:
     model, optimizer, scheduler, padded = build_model_and_optimizer(run)
     layout = _layout(run)
     state = TrainState()
-    if run.load_iteration is not None:
+    if run.load_converted:
+        load_converted_weights(ck.load, model, optimizer, run.dims, padded)
+    elif run.load_iteration is not None:
         state = load_checkpoint(ck.load, model, optimizer, scheduler, load_optim=not ck.no_load_optim,
                                 load_rng=not ck.no_load_rng, finetune=ck.finetune, layout=layout)
     sizes = data_mod.dataset_sizes(t.train_iters, t.global_batch_size, cfg.data.eval_interval, cfg.data.eval_iters)

@@ -15,7 +15,7 @@ from pathlib import Path
 from moetrain.config import ConfigError, PretrainConfig
 from moetrain.models.config import ModelConfig
 from moetrain.parallel import ParallelDims, parse_num_layer_list
-from moetrain.training import checkpointing
+from moetrain.training import checkpointing, converted_load
 
 
 @dataclass
@@ -28,6 +28,7 @@ class ResolvedRun:
     tokenizer: object | None
     log_dir: Path
     load_iteration: int | None  # None: start from scratch
+    load_converted: bool = False  # --load is a converted per-rank checkpoint (weights only)
 
 
 def _model_config(cfg: PretrainConfig, tokenizer) -> ModelConfig:
@@ -119,7 +120,10 @@ def resolve(cfg: PretrainConfig, world_size: int, dist_backend: str = "gloo") ->
             raise ConfigError("--save needs the psutil package (megatron-core's checkpoint writer uses it): "
                               "pip install psutil")
     load_iteration = None
-    if ck.load:
+    load_converted = bool(ck.load) and converted_load.is_converted_checkpoint(ck.load)
+    if load_converted:
+        converted_load.check_converted(ck.load, model_cfg, dims)
+    elif ck.load:
         load_iteration = checkpointing.read_latest(ck.load)
         if load_iteration is None and ck.finetune:
             raise ConfigError(f"--finetune: --load {ck.load} holds no checkpoint "
@@ -135,4 +139,4 @@ def resolve(cfg: PretrainConfig, world_size: int, dist_backend: str = "gloo") ->
         raise ConfigError("--eval-interval must be >= 1")
     return ResolvedRun(cfg=cfg, model_cfg=model_cfg, dims=dims, seq_length=model_cfg.seq_length,
                        num_microbatches=num_microbatches, tokenizer=tokenizer, log_dir=log_dir_for(cfg),
-                       load_iteration=load_iteration)
+                       load_iteration=load_iteration, load_converted=load_converted)

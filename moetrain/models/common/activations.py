@@ -21,5 +21,10 @@ class GatedActivation(torch.nn.Module):
         self.activation = activation
         self.gelu_approximate = gelu_approximate
 
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata=None) -> dict:
+        """Stateless; megatron-core's MLP asks every submodule for a sharded state dict."""
+        del prefix, sharded_offsets, metadata
+        return {}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return get_kernels().glu(x, self.activation, self.gelu_approximate)
