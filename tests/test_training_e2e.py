@@ -259,10 +259,6 @@ def test_killed_save_leaves_previous_checkpoint_and_resume_is_exact(single):
     assert single["resumed_dirs"] == ["iter_0000006", "latest_checkpointed_iteration.txt"]
 
 
-VPP_GAP = ("interleaved 1F1B (virtual pipeline) trains but its losses differ from 1 rank by up to 4% after "
-           "3 steps (0.03% at step 1); the other layouts agree to 1e-5 - not diagnosed yet")
-
-
 def test_nan_loss_skips_the_step_and_stops_after_max_nan_iters(single):
     nan = single["nan"]
     assert nan["nan_iters"] == 1 and nan["skipped"] == 1
@@ -273,8 +269,7 @@ def test_nan_loss_skips_the_step_and_stops_after_max_nan_iters(single):
     assert "2 NaN/inf losses in a row (--max-nan-iters 2)" in nan["stopped"]
 
 
-@pytest.mark.parametrize("layout", [pytest.param(n, marks=pytest.mark.xfail(reason=VPP_GAP, strict=False))
-                                    if n == "pp2_vpp2" else n for n in LAYOUTS])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_layout_parity(layouts, single, layout):
     assert layouts[layout] == pytest.approx(single["ref"], rel=PARITY_RTOL), layout
 

@@ -28,6 +28,8 @@ class DeviceBackend:
     name: str = "base"
     device_type: str = "cpu"  # torch device type
     dist_backend: str = "gloo"  # torch.distributed backend
+    # Pipeline p2p through torch.distributed.batch_isend_irecv (megatron-core's default).
+    batch_p2p_comm: bool = True
 
     @classmethod
     def is_available(cls) -> bool:

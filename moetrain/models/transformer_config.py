@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from moetrain.device import get_backend
 from moetrain.models.config import ModelConfig
 from moetrain.parallel import ParallelDims
 
@@ -114,6 +115,7 @@ def build_transformer_config(cfg: ModelConfig, dims: ParallelDims, options: Runt
         expert_model_parallel_size=dims.ep,
         expert_tensor_parallel_size=dims.expert_tp,
         sequence_parallel=dims.sequence_parallel,
+        batch_p2p_comm=get_backend().batch_p2p_comm,
         **layout,
         **moe,
         **recompute,
