@@ -1,6 +1,6 @@
 """`make bench`: every benchmark of the project, one after the other, each writing its own results.
 
-    python tools/bench_all.py [--only preprocess,convert,throughput,train]
+    python tools/bench_all.py [--only preprocess,convert,throughput,planner,train]
 
 Results: docs/bench/*.json (machine-readable) and the sections of docs/benchmarks.md. A benchmark
 whose script is missing or fails is reported, and the others still run; the exit code is non-zero
@@ -23,10 +23,9 @@ BENCHMARKS = {
     "preprocess": [PY, "tools/bench_preprocess.py"],
     "convert": [PY, "tools/bench_convert.py"],
     "throughput": [PY, "tools/bench_throughput.py"],
+    "planner": [PY, "tools/bench_planner.py"],
     # A real training run of the tiny Grok-1 recipe (TP2 PP2 EP2 on 8 CPU ranks), then its report.
-    "train": [PY, "tools/benchmark.py", "--run", "bash examples/tiny/pretrain_grok1_tiny.sh",
-              "--log-dir", "runs/bench_grok1_tiny", "--warmup", "2", "--out-dir", "docs/bench/grok1_tiny",
-              "--reference", "NPU:1646.6,GPU:2057"],
+    "train": [PY, "tools/bench_train.py"],
 }
 
 
