@@ -5,15 +5,7 @@ build moetrain's model under the checkpoint's layout, load this rank's file with
 from __future__ import annotations
 
 import torch
-
-
-def _gather_vocab(logits: torch.Tensor) -> torch.Tensor:
-    from megatron.core import parallel_state as ps
-
-    group = ps.get_tensor_model_parallel_group()
-    parts = [torch.empty_like(logits) for _ in range(torch.distributed.get_world_size(group))]
-    torch.distributed.all_gather(parts, logits.contiguous(), group=group)
-    return torch.cat(parts, dim=-1)
+from model_parity_ranks import _gather_vocab
 
 
 def logits_from_legacy(rank, world, checkpoints, tokens):

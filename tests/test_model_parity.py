@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hf_reference import hf_model
 from model_parity_ranks import logits_loss_grads  # tests/ is on sys.path under pytest
 
-from moetrain.models import get_flavor
-from moetrain.models.hf_config import to_hf_config
 from moetrain.testing.spawn import run_on_ranks
 
 pytestmark = pytest.mark.multirank
@@ -25,25 +24,6 @@ LAYOUTS = {  # name: (tp, pp, ep, world)
     "tp2pp2ep2": (2, 2, 2, 8),
 }
 SEQ, BATCH = 16, 2
-
-
-def _hf_model(flavor: str, seed: int = 0):
-    cfg = get_flavor(flavor)
-    torch.manual_seed(seed)
-    if cfg.family == "grok1":
-        from moetrain.models.grok1.hf_model import Grok1ModelForCausalLM, init_grok1_weights_for_test
-
-        model = Grok1ModelForCausalLM(to_hf_config(cfg))
-        # Large weights push attention scores into the soft-cap regime and make every norm matter.
-        init_grok1_weights_for_test(model, seed=seed, std=0.2, norm_noise=0.3)
-    else:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_config(to_hf_config(cfg), attn_implementation="eager")
-        with torch.no_grad():
-            for p in model.parameters():
-                p.normal_(0, 0.05)
-    return cfg, model.float().eval()
 
 
 def _batch(vocab: int):
@@ -69,7 +49,7 @@ def _reference(cfg, model, tokens, labels):
 
 @pytest.fixture(scope="module", params=["llama-tiny", "mixtral-tiny", "grok1-tiny"])
 def reference(request, tmp_path_factory):
-    cfg, model = _hf_model(request.param)
+    cfg, model = hf_model(request.param)
     tokens, labels = _batch(cfg.vocab_size)
     logits, loss, params = _reference(cfg, model, tokens, labels)
     path = tmp_path_factory.mktemp("hf") / f"{cfg.name}.pt"
@@ -132,7 +112,7 @@ def test_grok1_parity_fails_without_softcap_multipliers_or_sandwich_norms(tmp_pa
     parity tolerance, while the full model stays inside it."""
     from model_parity_ranks import grok1_ablations
 
-    cfg, model = _hf_model("grok1-tiny")
+    cfg, model = hf_model("grok1-tiny")
     tokens, _ = _batch(cfg.vocab_size)
     with torch.no_grad():
         ref = model(input_ids=tokens).logits.float()

@@ -52,6 +52,10 @@ def _load(file: str, name: str) -> Callable:
     module_name = f"_moetrain_rank_module_{Path(file).stem}"
     module = sys.modules.get(module_name)
     if module is None:
+        # Rank modules may import their neighbours (shared test helpers), as under pytest.
+        folder = str(Path(file).parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
         spec = importlib.util.spec_from_file_location(module_name, file)
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
