@@ -129,7 +129,7 @@ def _opt(value: float | None, fmt: str) -> str:
 def markdown(summary: BenchmarkSummary) -> str:
     s = summary
     row = (s.device, s.model, s.layout, str(s.global_batch_size), str(s.seq_length),
-           f"{s.tokens_per_sec_per_device:.1f}", f"{s.step_seconds:.2f}", _opt(s.tflops_per_device, ".1f"),
+           f"{s.tokens_per_sec_per_device:.1f}", f"{s.step_seconds:.2f}", _opt(s.tflops_per_device, ".3g"),
            "n/a" if s.mfu is None else f"{s.mfu:.1%}",
            "n/a" if s.peak_mem_gb is None else f"{s.peak_mem_gb:.1f} GB")
     lines = ["| " + " | ".join(MD_HEADER) + " |", "|" + "---|" * len(MD_HEADER), "| " + " | ".join(row) + " |"]

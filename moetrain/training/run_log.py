@@ -96,7 +96,7 @@ class RunLogger:
             f"aux {_fmt(record['aux_loss'], '.4f')} | lr {_fmt(record['lr'], '.3e')} | "
             f"grad norm {_fmt(record['grad_norm'], '.3f')} | step {_fmt(record['step_time_s'], '.3f')} s | "
             f"tokens/s/p {_fmt(record['tokens_per_sec_per_device'], '.1f')} | "
-            f"TFLOPS {_fmt(record['tflops_per_device'], '.3f')} | MFU {_fmt(record['mfu'], '.2%')} | "
+            f"TFLOPS {_fmt(record['tflops_per_device'], '.3g')} | MFU {_fmt(record['mfu'], '.2%')} | "
             f"mem {_fmt(record['mem_peak_gb'], '.2f')} GB | skipped {record['skipped_iters']} "
             f"nan {record['nan_iters']} | ETA {eta / 60:.1f} min")
         if self._tb is not None:
