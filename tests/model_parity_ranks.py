@@ -120,3 +120,24 @@ def grok1_ablations(rank, world, cfg, hf_path, tokens):
             getattr(layer, which).norm = torch.nn.Identity()
         results[f"post_norm:{which}"] = logits_of(model)
     return results
+
+
+def moe_option_effects(rank, world, cfg, hf_path, tokens, labels):
+    """Logits and router gradient of layer 0 under MoE training options (1 rank, same HF weights)."""
+    import dataclasses
+
+    hf_state = torch.load(hf_path, weights_only=True)
+    position_ids = torch.arange(tokens.shape[1]).unsqueeze(0).expand(tokens.shape[0], -1)
+    results = {}
+    for name, change in (("plain", {}), ("aux_loss", {"moe_aux_loss_coeff": 1e-1}),
+                         ("z_loss", {"moe_z_loss_coeff": 1e-1}), ("capacity", {"moe_expert_capacity_factor": 0.5})):
+        model, _, _ = build_loaded_model(dataclasses.replace(cfg, **change), 1, 1, 1, hf_state)
+        model.train()
+        loss = model(tokens, position_ids, None, labels=labels).float().mean()
+        loss.backward()
+        router = model.decoder.layers[0].mlp.router.weight.grad.detach().clone()
+        model.eval()
+        with torch.no_grad():
+            logits = model(tokens, position_ids, None).detach()
+        results[name] = {"logits": logits, "router_grad": router}
+    return results
