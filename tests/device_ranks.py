@@ -170,7 +170,7 @@ def model_uses_kernel_table(rank, world, flavor):
 
         return call
 
-    with override_kernels(**{k: recorder(k) for k in ("rms_norm", "rotary", "glu", "attention")}):
+    with override_kernels(**{k: recorder(k) for k in ("rms_norm", "rotary", "glu", "attention", "grouped_gemm")}):
         with torch.no_grad():
             recorded = model(tokens, position_ids, None)
     return {"calls": dict(calls), "same_output": torch.equal(reference, recorded),

@@ -96,7 +96,8 @@ class FakeNpu:
                                                 "group_type": group_type, "group_list_type": group_list_type}))
         bounds = [0, *group_list.tolist()]
         counts = [b - a for a, b in zip(bounds, bounds[1:])]
-        return [grouped_gemm_reference(x[0], weight[0], counts)]
+        # One [E, in, out] tensor, or one [in, out] tensor per expert.
+        return [grouped_gemm_reference(x[0], weight[0] if len(weight) == 1 else weight, counts)]
 
     def names(self) -> list[str]:
         return [name for name, _ in self.ops]
@@ -246,6 +247,18 @@ def test_npu_table_grouped_gemm(fake_npu):
     assert kwargs == {"group_list": [2, 2, 5], "split_item": 2, "group_type": 0, "group_list_type": 0}
 
 
+def test_npu_table_grouped_gemm_with_per_expert_weight_views(fake_npu):
+    """The expert layer passes one transposed nn.Linear weight view per expert (no stacking copy)."""
+    table = NpuBackend().kernel_table()
+    counts = [1, 3]
+    x = torch.randn(4, 4)
+    linear_weights = [torch.randn(6, 4), torch.randn(6, 4)]  # nn.Linear layout [out, in]
+    views = [w.t() for w in linear_weights]
+    torch.testing.assert_close(table.grouped_gemm(x, views, counts), grouped_gemm_reference(x, views, counts))
+    (name, kwargs), = fake_npu.ops
+    assert name == "npu_grouped_matmul" and kwargs["group_list"] == [1, 4]
+
+
 def test_npu_softcapped_attention_falls_back_and_logs_once(fake_npu, monkeypatch, caplog):
     monkeypatch.setattr(table_module, "_SOFTCAP_FALLBACK_LOGGED", False)
     table = NpuBackend().kernel_table()
@@ -327,5 +340,6 @@ def test_model_layers_call_the_kernel_table():
     assert calls["rms_norm"] == 4 * layers + 1  # four sandwich norms per layer + the final norm
     assert calls["attention"] == layers
     assert calls["rotary"] == 2 * layers  # q and k
-    assert calls["glu"] >= layers  # each MoE expert that received tokens
+    assert calls["glu"] == layers  # once per MoE layer, on all its routed tokens
+    assert calls["grouped_gemm"] == 2 * layers  # fc1 and fc2 of the experts
     assert out["same_output"]  # the recorders delegate, so the logits are unchanged

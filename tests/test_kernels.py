@@ -197,6 +197,16 @@ def test_grouped_gemm_matches_per_expert_loop_with_an_empty_expert():
     assert empty.shape == (0, 4)
 
 
+def test_grouped_gemm_accepts_per_expert_linear_weight_views():
+    g = _gen()
+    counts = [2, 0, 3]
+    x = torch.randn(sum(counts), 5, generator=g)
+    linear = [torch.randn(7, 5, generator=g) for _ in counts]  # nn.Linear layout [out, in]
+    stacked = torch.stack([w.t() for w in linear])  # [E, in, out]
+    torch.testing.assert_close(grouped_gemm_reference(x, [w.t() for w in linear], counts),
+                               grouped_gemm_reference(x, stacked, counts))
+
+
 # ---------------------------------------------------------------- table
 def test_reference_table_and_override():
     table = reference_table()

@@ -50,10 +50,12 @@ def attention_npu(q, k, v, scale, softcap=None, causal=True, mask=None, dropout_
     return out[0]
 
 
-def grouped_gemm_npu(x: torch.Tensor, weights: torch.Tensor, tokens_per_expert: list[int]) -> torch.Tensor:
-    # group_list holds cumulative token counts (group_list_type 0).
+def grouped_gemm_npu(x: torch.Tensor, weights, tokens_per_expert: list[int]) -> torch.Tensor:
+    """weights: [experts, in, out] or one [in, out] tensor per expert (see grouped_gemm_reference)."""
+    # group_list holds cumulative token counts (group_list_type 0); split_item 2: one output tensor.
     offsets = torch.tensor(tokens_per_expert, device=x.device).cumsum(0)
-    return _npu().npu_grouped_matmul([x], [weights], group_list=offsets, split_item=2, group_type=0,
+    weight_list = [weights] if isinstance(weights, torch.Tensor) else list(weights)
+    return _npu().npu_grouped_matmul([x], weight_list, group_list=offsets, split_item=2, group_type=0,
                                      group_list_type=0)[0]
 
 

@@ -2,7 +2,7 @@
 
 One decoder layer:
     input_layernorm (RMSNorm) -> SelfAttention(linear_qkv, CoreAttention, linear_proj) -> [post norm] -> +residual
-    pre_mlp_layernorm (RMSNorm) -> MLP (dense) or MoELayer(router, SequentialMLP experts) -> [post norm] -> +residual
+    pre_mlp_layernorm (RMSNorm) -> MLP (dense) or MoELayer(router, grouped-GEMM experts) -> [post norm] -> +residual
 Post norms exist only for sandwich-norm models (Grok-1). Parameter names are those of
 megatron-core's local spec; the HF weight maps (``moetrain/models/*/weight_map.py``) rely on them.
 """
@@ -15,7 +15,6 @@ from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubm
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.mlp import MLP, MLPSubmodules
-from megatron.core.transformer.moe.experts import SequentialMLP
 from megatron.core.transformer.moe.moe_layer import MoELayer, MoESubmodules
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
@@ -23,6 +22,7 @@ from megatron.core.transformer.transformer_layer import TransformerLayer, Transf
 
 from moetrain.models.common.activations import GatedActivation
 from moetrain.models.common.core_attention import CoreAttention
+from moetrain.models.common.experts import GroupedGemmExperts
 from moetrain.models.common.norms import RMSNorm
 from moetrain.models.common.sandwich_layer import SandwichLayerSubmodules, SandwichTransformerLayer
 from moetrain.models.config import ModelConfig
@@ -52,7 +52,7 @@ def mlp_spec(cfg: ModelConfig) -> ModuleSpec:
     gated = MLPSubmodules(linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear, activation_func=glu)
     if not cfg.is_moe:
         return ModuleSpec(module=MLP, submodules=gated)
-    experts = ModuleSpec(module=SequentialMLP, submodules=gated)
+    experts = ModuleSpec(module=GroupedGemmExperts, submodules=gated)
     return ModuleSpec(module=MoELayer, submodules=MoESubmodules(experts=experts))
 
 
