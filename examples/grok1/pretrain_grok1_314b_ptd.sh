@@ -4,21 +4,14 @@
 # The same script runs on Ascend NPUs and NVIDIA GPUs (device picked automatically; MOETRAIN_DEVICE overrides).
 # Usage (on every node): NNODES=8 NODE_RANK=<0..7> MASTER_ADDR=<node-0 address> bash examples/grok1/pretrain_grok1_314b_ptd.sh
 set -euo pipefail
+NNODES=${NNODES:-8}
+source "$(dirname "${BASH_SOURCE[0]}")/../launch_common.sh"
 
 DATA_PATH=${DATA_PATH:-./dataset/enwiki_text_document}
 TOKENIZER_MODEL=${TOKENIZER_MODEL:-./model_from_hf/grok1/tokenizer.model}
 CKPT_SAVE_DIR=${CKPT_SAVE_DIR:-./ckpt/grok1-314b}
 CKPT_LOAD_DIR=${CKPT_LOAD_DIR:-./ckpt/grok1-314b}
 LOG_DIR=${LOG_DIR:-./logs/grok1-314b}
-
-GPUS_PER_NODE=${GPUS_PER_NODE:-8}
-MASTER_ADDR=${MASTER_ADDR:-localhost}
-MASTER_PORT=${MASTER_PORT:-6000}
-NNODES=${NNODES:-8}
-NODE_RANK=${NODE_RANK:-0}
-
-DISTRIBUTED_ARGS="--nproc_per_node $GPUS_PER_NODE --nnodes $NNODES --node_rank $NODE_RANK \
-    --master_addr $MASTER_ADDR --master_port $MASTER_PORT"
 
 PARALLEL_ARGS="--tensor-model-parallel-size 8 --pipeline-model-parallel-size 8 --expert-model-parallel-size 1 --sequence-parallel"
 
@@ -33,5 +26,5 @@ DATA_ARGS="--data-path $DATA_PATH --split 949,50,1 --tokenizer-type SentencePiec
 OUTPUT_ARGS="--log-interval 1 --save-interval 1000 --eval-interval 1000 --eval-iters 10 \
     --save $CKPT_SAVE_DIR --load $CKPT_LOAD_DIR --keep-last-k 3 --log-dir $LOG_DIR"
 
-torchrun $DISTRIBUTED_ARGS -m moetrain.pretrain --model grok1-314b \
+moetrain_launch --model grok1-314b \
     $PARALLEL_ARGS $TRAINING_ARGS $DATA_ARGS $OUTPUT_ARGS "$@"

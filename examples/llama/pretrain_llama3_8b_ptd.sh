@@ -4,21 +4,14 @@
 # The same script runs on Ascend NPUs and NVIDIA GPUs (device picked automatically; MOETRAIN_DEVICE overrides).
 # Usage (on every node): NNODES=1 NODE_RANK=<0..0> MASTER_ADDR=<node-0 address> bash examples/llama/pretrain_llama3_8b_ptd.sh
 set -euo pipefail
+NNODES=${NNODES:-1}
+source "$(dirname "${BASH_SOURCE[0]}")/../launch_common.sh"
 
 DATA_PATH=${DATA_PATH:-./dataset/enwiki_text_document}
 TOKENIZER_MODEL=${TOKENIZER_MODEL:-./model_from_hf/llama-3-8b-hf}
 CKPT_SAVE_DIR=${CKPT_SAVE_DIR:-./ckpt/llama3-8b}
 CKPT_LOAD_DIR=${CKPT_LOAD_DIR:-./ckpt/llama3-8b}
 LOG_DIR=${LOG_DIR:-./logs/llama3-8b}
-
-GPUS_PER_NODE=${GPUS_PER_NODE:-8}
-MASTER_ADDR=${MASTER_ADDR:-localhost}
-MASTER_PORT=${MASTER_PORT:-6000}
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-
-DISTRIBUTED_ARGS="--nproc_per_node $GPUS_PER_NODE --nnodes $NNODES --node_rank $NODE_RANK \
-    --master_addr $MASTER_ADDR --master_port $MASTER_PORT"
 
 PARALLEL_ARGS="--tensor-model-parallel-size 2 --pipeline-model-parallel-size 2 --sequence-parallel"
 
@@ -31,5 +24,5 @@ DATA_ARGS="--data-path $DATA_PATH --split 949,50,1 --tokenizer-type PretrainedFr
 OUTPUT_ARGS="--log-interval 1 --save-interval 1000 --eval-interval 1000 --eval-iters 10 \
     --save $CKPT_SAVE_DIR --load $CKPT_LOAD_DIR --keep-last-k 3 --log-dir $LOG_DIR"
 
-torchrun $DISTRIBUTED_ARGS -m moetrain.pretrain --model llama3-8b \
+moetrain_launch --model llama3-8b \
     $PARALLEL_ARGS $TRAINING_ARGS $DATA_ARGS $OUTPUT_ARGS "$@"
