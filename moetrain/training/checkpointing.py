@@ -81,22 +81,6 @@ def check_compatible(saved_model: dict, model: ModelConfig, where: str) -> None:
 
 
 # ---------------------------------------------------------------- state dicts
-def _empty_sharded_state_dict(prefix="", sharded_offsets=(), metadata=None) -> dict:
-    del prefix, sharded_offsets, metadata
-    return {}
-
-
-def _cover_stateless_modules(model) -> None:
-    """megatron-core's MLP asks *every* submodule for ``sharded_state_dict``; parameter-free modules
-    of our layer specs (e.g. the GLU activation) are plain ``nn.Module``s without one. They hold no
-    state, so they contribute nothing."""
-    for chunk in model:
-        for module in chunk.modules():
-            if not hasattr(module, "sharded_state_dict") and not any(True for _ in module.parameters()) \
-                    and not any(True for _ in module.buffers()):
-                module.sharded_state_dict = _empty_sharded_state_dict
-
-
 def _unwrap(model) -> list:
     """The bare GPTModels under DDP / Float16Module: checkpoint keys are theirs (Megatron-LM does
     the same), so a checkpoint does not depend on the wrappers used to train."""
@@ -167,7 +151,6 @@ def _unshare_adam_steps(optimizer) -> None:
 def _sharded_state_dict(model, optimizer, scheduler, state: TrainState | None, with_optim: bool,
                         is_loading: bool) -> dict:
     model = _unwrap(model)
-    _cover_stateless_modules(model)
     sd: dict = {}
     if len(model) == 1:
         sd["model"] = model[0].sharded_state_dict(metadata=SHARDING_METADATA)
