@@ -84,6 +84,13 @@ class OptimizerSection:
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
     use_distributed_optimizer: bool = False
+    # fp16 loss scaling, as Megatron-LM: a fixed --loss-scale, or dynamic scaling that starts at
+    # --initial-loss-scale and halves on overflow (skipping that step) after --hysteresis overflows.
+    loss_scale: float | None = None
+    initial_loss_scale: float = 2.0**32
+    min_loss_scale: float = 1.0
+    loss_scale_window: int = 1000
+    hysteresis: int = 2
 
     def __post_init__(self) -> None:
         if self.lr_decay_style not in LR_DECAY_STYLES:
@@ -94,6 +101,9 @@ class OptimizerSection:
             raise ConfigError(f"--min-lr {self.min_lr} is larger than --lr {self.lr}")
         if self.lr_warmup_fraction is not None and self.lr_warmup_iters:
             raise ConfigError("give --lr-warmup-iters or --lr-warmup-fraction, not both")
+        if self.initial_loss_scale < self.min_loss_scale:
+            raise ConfigError(f"--initial-loss-scale {self.initial_loss_scale} is below --min-loss-scale "
+                              f"{self.min_loss_scale}")
 
 
 @dataclass

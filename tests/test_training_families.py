@@ -60,13 +60,16 @@ def test_losses_match_single_rank(reference, workdir, flavor, layout):
     assert losses == pytest.approx(ref, rel=PARITY_RTOL), f"{flavor} {layout}: {losses} vs 1 rank {ref}"
 
 
-def test_bf16_mixed_precision_tracks_fp32(reference, workdir):
-    """--bf16 (bf16 weights and compute, fp32 main params and grads in the distributed optimizer)
-    under TP2 x PP2 x EP2 follows the fp32 single-rank losses closely, and is really bf16."""
+@pytest.mark.parametrize("precision", [["--bf16"], ["--fp16", "--initial-loss-scale", "4096"]],
+                         ids=["bf16", "fp16"])
+def test_mixed_precision_tracks_fp32(reference, workdir, precision):
+    """--bf16 / --fp16 (half-precision weights and compute; fp32 main params and grads in the
+    distributed optimizer; dynamic loss scaling for fp16) under TP2 x PP2 x EP2 follow the fp32
+    single-rank losses closely, and really compute in half precision."""
     data, tokenizer = demo_data()
-    flags = ["--bf16", *LAYOUTS["mixtral-tiny"]["tp2pp2ep2"][1]]
-    losses = run_on_ranks(8, train, ("mixtral-tiny", data, tokenizer, str(workdir), "bf16", flags, False),
-                          timeout=300)[-1]
+    flags = [*precision, *LAYOUTS["mixtral-tiny"]["tp2pp2ep2"][1]]
+    losses = run_on_ranks(8, train, ("mixtral-tiny", data, tokenizer, str(workdir), precision[0][2:], flags,
+                                     False), timeout=300)[-1]
     ref = reference["mixtral-tiny"]
     assert losses == pytest.approx(ref, rel=1e-2)
-    assert losses != pytest.approx(ref, rel=1e-6), "bf16 run reproduced fp32 to 1e-6: was it bf16 at all?"
+    assert losses != pytest.approx(ref, rel=1e-6), "reproduced fp32 to 1e-6: was it half precision at all?"

@@ -82,7 +82,9 @@ def build_model_and_optimizer(run: ResolvedRun):
         optimizer=opt.optimizer, lr=opt.lr, min_lr=opt.min_lr, weight_decay=opt.weight_decay,
         adam_beta1=opt.adam_beta1, adam_beta2=opt.adam_beta2, adam_eps=opt.adam_eps, clip_grad=opt.clip_grad,
         bf16=t.bf16, fp16=t.fp16, params_dtype=DTYPES[t.dtype],
-        use_distributed_optimizer=opt.use_distributed_optimizer), model)
+        use_distributed_optimizer=opt.use_distributed_optimizer, loss_scale=opt.loss_scale,
+        initial_loss_scale=opt.initial_loss_scale, min_loss_scale=opt.min_loss_scale,
+        loss_scale_window=opt.loss_scale_window, hysteresis=opt.hysteresis), model)
     scheduler = build_scheduler(opt, optimizer, t.train_iters, t.global_batch_size)
     # The schedules call these hooks: loss scaling (fp16), grad all-reduce after the last backward.
     tf_config.grad_scale_func = optimizer.scale_loss
