@@ -28,6 +28,21 @@ def parse_num_layer_list(text: str | None) -> tuple[int, ...] | None:
     return values
 
 
+def split_layers(num_layers: int, pp: int, num_layer_list: list[int] | None = None) -> list[int]:
+    """Layers per pipeline stage: ``num_layer_list`` if given, else an even split."""
+    if num_layer_list is not None:
+        if len(num_layer_list) != pp:
+            raise ValueError(f"--num-layer-list has {len(num_layer_list)} entries but --pp is {pp}")
+        if sum(num_layer_list) != num_layers or min(num_layer_list) < 1:
+            raise ValueError(
+                f"--num-layer-list {num_layer_list} must be positive and sum to the model's {num_layers} layers"
+            )
+        return list(num_layer_list)
+    if num_layers % pp:
+        raise ValueError(f"{num_layers} layers do not split evenly over --pp {pp}; pass --num-layer-list")
+    return [num_layers // pp] * pp
+
+
 @dataclass(frozen=True)
 class ParallelDims:
     world_size: int
@@ -79,9 +94,7 @@ class ParallelDims:
 
     def layers_per_stage(self, num_layers: int) -> tuple[int, ...]:
         """Layers held by each pipeline stage (uneven with --num-layer-list)."""
-        if self.num_layer_list is not None:
-            return self.num_layer_list
-        return tuple([num_layers // self.pp] * self.pp)
+        return tuple(split_layers(num_layers, self.pp, self.num_layer_list))
 
     def validate_model(self, model: ModelConfig, dist_backend: str = "gloo") -> None:
         """Model-dependent checks; every failing condition names the flags involved."""

@@ -103,7 +103,8 @@ def _tiny_config(flavor: str, tp: int, seed_init_on_device: bool):
 def _build(cfg, config, seed: int):
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-    from moetrain.models.builder import build_model, padded_vocab_size
+    from moetrain.models.builder import build_model
+    from moetrain.models.param_count import padded_vocab_size
 
     model_parallel_cuda_manual_seed(seed)
     return build_model(cfg, config, padded_vocab_size(cfg.vocab_size, config.tensor_model_parallel_size))

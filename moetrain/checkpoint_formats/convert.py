@@ -29,9 +29,9 @@ from moetrain.checkpoint_formats.safetensors_writer import (
     StreamingSafetensorsWriter,
     parse_size,
 )
-from moetrain.models.builder import padded_vocab_size
 from moetrain.models.config import ModelConfig
 from moetrain.models.hf_config import from_hf_config, to_hf_config
+from moetrain.models.param_count import padded_vocab_size
 from moetrain.models.registry import get_flavor
 from moetrain.models.weight_maps import (
     ShardLayout,

@@ -13,13 +13,6 @@ from moetrain.models.common.spec import block_spec
 from moetrain.models.config import ModelConfig
 
 
-def padded_vocab_size(vocab_size: int, tp: int, divisible_by: int = 128) -> int:
-    """Megatron's rule: pad the vocabulary to a multiple of ``divisible_by * tp``
-    (``--make-vocab-size-divisible-by``), so every TP rank holds an equal slice."""
-    multiple = divisible_by * tp
-    return ((vocab_size + multiple - 1) // multiple) * multiple
-
-
 def _scale_output(multiplier: float):
     def hook(module, args, output):
         del module, args

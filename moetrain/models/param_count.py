@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from moetrain.models.config import ModelConfig
+from moetrain.parallel import split_layers
 
 
 @dataclass(frozen=True)
@@ -117,21 +118,6 @@ class RankParams:
     @property
     def total(self) -> int:
         return self.dense + self.expert
-
-
-def split_layers(num_layers: int, pp: int, num_layer_list: list[int] | None = None) -> list[int]:
-    """Layers per pipeline stage: ``num_layer_list`` if given, else an even split."""
-    if num_layer_list is not None:
-        if len(num_layer_list) != pp:
-            raise ValueError(f"--num-layer-list has {len(num_layer_list)} entries but --pp is {pp}")
-        if sum(num_layer_list) != num_layers or min(num_layer_list) < 1:
-            raise ValueError(
-                f"--num-layer-list {num_layer_list} must be positive and sum to the model's {num_layers} layers"
-            )
-        return list(num_layer_list)
-    if num_layers % pp:
-        raise ValueError(f"{num_layers} layers do not split evenly over --pp {pp}; pass --num-layer-list")
-    return [num_layers // pp] * pp
 
 
 def parameters_per_rank(

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from moetrain.models.config import ModelConfig
-from moetrain.models.param_count import split_layers
+from moetrain.parallel import split_layers
 
 RECOMPUTE = (None, "selective", "full")
 

@@ -59,7 +59,8 @@ def build_model_and_optimizer(run: ResolvedRun):
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
     from megatron.core.transformer.module import Float16Module
 
-    from moetrain.models.builder import build_model_chunks, padded_vocab_size
+    from moetrain.models.builder import build_model_chunks
+    from moetrain.models.param_count import padded_vocab_size
     from moetrain.models.transformer_config import DTYPES, RuntimeOptions, build_transformer_config
     from moetrain.training.lr_schedule import build_scheduler
 

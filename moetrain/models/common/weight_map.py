@@ -22,6 +22,8 @@ from typing import Literal
 
 import torch
 
+from moetrain.parallel import split_layers
+
 Kind = Literal["replicated", "split", "vocab", "qkv", "gated_fc1"]
 Scope = Literal["first", "last", "layer", "expert"]
 HFSource = Mapping[str, torch.Tensor] | Callable[[str], torch.Tensor]
@@ -40,14 +42,10 @@ class ShardLayout:
     padded_vocab_size: int | None = None  # megatron's padded vocab; cfg.vocab_size when None
 
     def stage_layers(self, num_layers: int) -> tuple[int, ...]:
-        if self.num_layer_list is not None:
-            if len(self.num_layer_list) != self.pp or sum(self.num_layer_list) != num_layers:
-                raise WeightMapError(f"num_layer_list {self.num_layer_list} must have {self.pp} entries "
-                                     f"summing to num_layers {num_layers}")
-            return tuple(self.num_layer_list)
-        if num_layers % self.pp:
-            raise WeightMapError(f"num_layers {num_layers} is not divisible by pp {self.pp}; give num_layer_list")
-        return (num_layers // self.pp,) * self.pp
+        try:
+            return tuple(split_layers(num_layers, self.pp, self.num_layer_list))
+        except ValueError as e:
+            raise WeightMapError(str(e)) from None
 
     def stage_offset(self, num_layers: int, pp_rank: int) -> int:
         return sum(self.stage_layers(num_layers)[:pp_rank])
