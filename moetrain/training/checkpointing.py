@@ -28,10 +28,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+# Megatron's directory naming (iter_0000010/, latest_checkpointed_iteration.txt), shared with the
+# per-rank format that convert_ckpt.py writes.
+from moetrain.checkpoint_formats.legacy import TRACKER_FILE, iter_dir_name
 from moetrain.config import ConfigError
 from moetrain.models.config import ModelConfig
 
-TRACKER_FILE = "latest_checkpointed_iteration.txt"
 META_FILE = "moetrain.json"
 # Fields that do not change the shape or meaning of the weights (training-time choices).
 NON_ARCH_FIELDS = {"name", "seq_length", "hf_architecture", "published_params", "extra", "moe_aux_loss_coeff",
@@ -45,10 +47,6 @@ SHARDING_METADATA = {"singleton_local_shards": False, "chained_optim_avoid_prefi
 class TrainState:
     iteration: int = 0
     consumed_train_samples: int = 0
-
-
-def iter_dir_name(iteration: int) -> str:
-    return f"iter_{iteration:07d}"
 
 
 def read_latest(root: str | Path) -> int | None:
