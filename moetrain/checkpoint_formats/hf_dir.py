@@ -11,6 +11,7 @@ so a whole checkpoint is validated before any tensor data is read.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +33,7 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 def _weight_files(hf_dir: Path) -> tuple[list[Path], dict[str, str] | None]:

@@ -14,6 +14,7 @@ spaces to a multiple of 8, then the tensors' bytes back to back in header order.
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 from dataclasses import dataclass
@@ -49,10 +50,7 @@ class PlannedTensor:
 
     @property
     def nbytes(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 def _split(plan: list[PlannedTensor], max_bytes: int) -> list[list[PlannedTensor]]:
