@@ -88,6 +88,11 @@ def test_every_input_format(tmp_path):
     assert len(read_docs(str(tmp_path / "dir_text_document"))) == 5 * len(texts)
     assert run(["--input", str(d / "*.json*"), *sp_args(), "--output-prefix", str(tmp_path / "g"), "--append-eod"]) == 0
     assert len(read_docs(str(tmp_path / "g_text_document"))) == 3 * len(texts)
+    # Writing into the input directory, then reading it again: the run's own sidecar and outputs are skipped.
+    assert run(["--input", str(d), *sp_args(), "--output-prefix", str(d / "again"), "--append-eod"]) == 0
+    assert (d / "again_preprocess.json").is_file()
+    assert run(["--input", str(d), *sp_args(), "--output-prefix", str(d / "again"), "--append-eod"]) == 0
+    assert len(read_docs(str(d / "again_text_document"))) == 5 * len(texts)
 
 
 def test_json_array_reader_crosses_chunk_boundaries(tmp_path, monkeypatch):

@@ -25,7 +25,7 @@ def _base(data, *extra: str) -> list[str]:
     prefix, tok = data
     return ["--model", "grok1-tiny", "--data-path", prefix, "--tokenizer-type", "SentencePieceTokenizer",
             "--tokenizer-model", tok, "--seq-length", "32", "--micro-batch-size", "1", "--global-batch-size", "8",
-            "--train-iters", "4", *extra]
+            "--train-iters", "4", "--split", "98,2,0", *extra]
 
 
 def _fails(argv, capsys, world: int = 8) -> str:

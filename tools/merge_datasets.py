@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Concatenate several indexed datasets (same dtype) into one, in the order given.
 
     python tools/merge_datasets.py --input data/a_text_document data/b_text_document \

@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Tokenize a corpus into megatron-core indexed datasets. See docs/preprocess.md.
 
     python tools/preprocess_data.py --input corpus.jsonl --tokenizer-type SentencePieceTokenizer \

@@ -10,7 +10,7 @@ import traceback
 from dataclasses import asdict
 
 from moetrain.data.pipeline import PreprocessConfig, PreprocessError, RunStats, output_names, run_pipeline
-from moetrain.data.readers import InputUnit, expand_inputs, split_units
+from moetrain.data.readers import SIDECAR_SUFFIX, InputUnit, expand_inputs, split_units
 from moetrain.data.tokenizers import build_tokenizer
 from moetrain.data.writer import DatasetWriter
 
@@ -18,7 +18,7 @@ __all__ = ["preprocess", "merge_prefixes", "sidecar_path"]
 
 
 def sidecar_path(prefix: str) -> str:
-    return f"{prefix}_preprocess.json"
+    return f"{prefix}{SIDECAR_SUFFIX}"
 
 
 def merge_prefixes(prefixes: list[str], out_prefix: str) -> dict:

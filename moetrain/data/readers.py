@@ -59,11 +59,21 @@ def file_format(path: str) -> str:
     )
 
 
+# What a preprocessing run writes beside its outputs: a directory given as --input (often the same
+# directory as --output-prefix) must not read it back as a corpus.
+SIDECAR_SUFFIX = "_preprocess.json"
+
+
+def _is_own_output(name: str) -> bool:
+    return name.endswith(SIDECAR_SUFFIX)
+
+
 def expand_inputs(spec: str) -> list[InputUnit]:
     """``--input``: a file, a directory (its supported files, sorted) or a glob (sorted)."""
     if os.path.isdir(spec):
         paths = sorted(
-            str(p) for p in Path(spec).iterdir() if p.is_file() and p.name.lower().endswith(SUFFIXES)
+            str(p) for p in Path(spec).iterdir()
+            if p.is_file() and p.name.lower().endswith(SUFFIXES) and not _is_own_output(p.name)
         )
         if not paths:
             raise InputError(f"{spec}: directory holds no {', '.join(SUFFIXES)} files")

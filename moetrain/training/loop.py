@@ -116,27 +116,33 @@ def pretrain(run: ResolvedRun, backend) -> TrainSummary:
     from moetrain.training.step import eval_step, train_step
 
     cfg, t, ck = run.cfg, run.cfg.training, run.cfg.checkpoint
+    # The banner and one line per slow start-up step come first, so a slow (or stuck) step is named.
+    logger = RunLogger(run.log_dir, writer=dist.get_rank() == 0, train_iters=t.train_iters,
+                       tensorboard=cfg.logging.tensorboard)
+    logger.console(f"moetrain: {run.model_cfg.name} on {backend.name} | {run.dims.describe()} | "
+                   f"GBS {t.global_batch_size} MBS {t.micro_batch_size} x {run.num_microbatches} micro-batches | "
+                   f"seq {run.seq_length} | {t.dtype}")
     run.dims.initialize()
     _seed(t.seed)
+    logger.console("building the model and optimizer ...")
     model, optimizer, scheduler, padded = build_model_and_optimizer(run)
     layout = _layout(run)
     state = TrainState()
     if run.load_converted:
+        logger.console(f"loading converted weights from {ck.load} ...")
         load_converted_weights(ck.load, model, optimizer, run.dims, padded)
     elif run.load_iteration is not None:
+        logger.console(f"loading checkpoint {ck.load} (iteration {run.load_iteration}) ...")
         state = load_checkpoint(ck.load, model, optimizer, scheduler, load_optim=not ck.no_load_optim,
                                 load_rng=not ck.no_load_rng, finetune=ck.finetune, layout=layout)
     sizes = data_mod.dataset_sizes(t.train_iters, t.global_batch_size, cfg.data.eval_interval, cfg.data.eval_iters)
+    logger.console(f"building dataset indices for {' '.join(cfg.data.blend()[0])} (split {cfg.data.split}) ...")
     train_ds, valid_ds, _ = data_mod.build_datasets(cfg.data, run.tokenizer, run.seq_length, t.seed, sizes)
     dp_rank, dp = parallel_state.get_data_parallel_rank(), run.dims.dp
     train_it = data_mod.iterators(train_ds, state.consumed_train_samples, t.micro_batch_size, dp_rank, dp, len(model))
 
-    logger = RunLogger(run.log_dir, writer=dist.get_rank() == 0, train_iters=t.train_iters,
-                       tensorboard=cfg.logging.tensorboard)
     logger.run_info(_run_info(run, backend))
-    logger.console(f"moetrain: {run.model_cfg.name} on {backend.name} | {run.dims.describe()} | "
-                   f"GBS {t.global_batch_size} MBS {t.micro_batch_size} x {run.num_microbatches} micro-batches | "
-                   f"seq {run.seq_length} | {t.dtype} | start at iteration {state.iteration}")
+    logger.training_starts(state.iteration)
     throughput = Throughput(t.global_batch_size, run.seq_length, run.dims.world_size,
                             flops_per_iteration(run.model_cfg, t.global_batch_size, run.seq_length,
                                                 padded_vocab_size=padded), backend.peak_flops(t.dtype))

@@ -72,6 +72,11 @@ class RunLogger:
             assert not missing, f"run_info lacks {missing}"
             (self.log_dir / "run_info.json").write_text(json.dumps(info, indent=2, default=str))
 
+    def training_starts(self, iteration: int) -> None:
+        """The ETA counts from here, not from the start-up steps before it."""
+        self.started = time.monotonic()
+        self.console(f"training from iteration {iteration} to {self.train_iters}")
+
     def console(self, text: str) -> None:
         if self.writer:
             print(text, flush=True)

@@ -16,6 +16,7 @@ from moetrain.config import ConfigError, PretrainConfig
 from moetrain.models.config import ModelConfig
 from moetrain.parallel import ParallelDims, parse_num_layer_list
 from moetrain.training import checkpointing, converted_load
+from moetrain.training.data_splits import check_splits
 
 
 @dataclass
@@ -137,6 +138,9 @@ def resolve(cfg: PretrainConfig, world_size: int, dist_backend: str = "gloo") ->
     schedule_iters(cfg.optimizer, t.train_iters)
     if cfg.data.eval_interval < 1:
         raise ConfigError("--eval-interval must be >= 1")
+    if t.train_iters > 0:
+        # Last: the data's content (an empty split would make megatron-core's GPTDataset loop forever).
+        check_splits(cfg.data.blend()[0], cfg.data.split)
     return ResolvedRun(cfg=cfg, model_cfg=model_cfg, dims=dims, seq_length=model_cfg.seq_length,
                        num_microbatches=num_microbatches, tokenizer=tokenizer, log_dir=log_dir_for(cfg),
                        load_iteration=load_iteration, load_converted=load_converted)
