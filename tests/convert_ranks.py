@@ -15,10 +15,11 @@ def logits_from_legacy(rank, world, checkpoints, tokens):
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
     from moetrain.checkpoint_formats.legacy import load_rank_state_dict, read_legacy_meta
+    from moetrain.device import get_backend
     from moetrain.models.builder import build_model
-    from moetrain.models.transformer_config import RuntimeOptions, build_transformer_config
     from moetrain.models.weight_maps import RankCoord
     from moetrain.parallel import ParallelDims
+    from moetrain.training.transformer_config import RuntimeOptions, build_transformer_config
 
     results = []
     for cfg, mg_dir in checkpoints:
@@ -28,7 +29,7 @@ def logits_from_legacy(rank, world, checkpoints, tokens):
         dims.validate_model(cfg)
         dims.initialize()
         model_parallel_cuda_manual_seed(7)
-        config = build_transformer_config(cfg, dims, RuntimeOptions(dtype="fp32"))
+        config = build_transformer_config(cfg, dims, RuntimeOptions(dtype="fp32", batch_p2p_comm=get_backend().batch_p2p_comm))
         model = build_model(cfg, config, layout.padded_vocab_size)
         coord = RankCoord(ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank(),
                           ps.get_expert_model_parallel_rank())

@@ -87,16 +87,18 @@ def _redirect_checks() -> dict:
 
 
 def _tiny_config(flavor: str, tp: int, seed_init_on_device: bool):
+    from moetrain.device import get_backend
     from moetrain.models import get_flavor
-    from moetrain.models.transformer_config import RuntimeOptions, build_transformer_config
     from moetrain.parallel import ParallelDims
+    from moetrain.training.transformer_config import RuntimeOptions, build_transformer_config
 
     cfg = get_flavor(flavor)
     world = torch.distributed.get_world_size()
     dims = ParallelDims(world_size=world, tp=tp, sequence_parallel=tp > 1)
     dims.validate_model(cfg)
     dims.initialize()
-    options = RuntimeOptions(dtype="fp32", use_cpu_initialization=not seed_init_on_device)
+    options = RuntimeOptions(dtype="fp32", use_cpu_initialization=not seed_init_on_device,
+                             batch_p2p_comm=get_backend().batch_p2p_comm)
     return cfg, build_transformer_config(cfg, dims, options)
 
 

@@ -10,10 +10,11 @@ def build_loaded_model(cfg, tp, pp, ep, hf_state, num_layer_list=None):
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
+    from moetrain.device import get_backend
     from moetrain.models.builder import build_model
-    from moetrain.models.transformer_config import RuntimeOptions, build_transformer_config
     from moetrain.models.weight_maps import RankCoord, ShardLayout, hf_to_mcore
     from moetrain.parallel import ParallelDims
+    from moetrain.training.transformer_config import RuntimeOptions, build_transformer_config
 
     world = torch.distributed.get_world_size()
     dims = ParallelDims(world_size=world, tp=tp, pp=pp, ep=ep, num_layer_list=num_layer_list,
@@ -21,7 +22,7 @@ def build_loaded_model(cfg, tp, pp, ep, hf_state, num_layer_list=None):
     dims.validate_model(cfg)
     dims.initialize()
     model_parallel_cuda_manual_seed(7)
-    config = build_transformer_config(cfg, dims, RuntimeOptions(dtype="fp32"))
+    config = build_transformer_config(cfg, dims, RuntimeOptions(dtype="fp32", batch_p2p_comm=get_backend().batch_p2p_comm))
     model = build_model(cfg, config, cfg.vocab_size)
     coord = RankCoord(ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank(),
                       ps.get_expert_model_parallel_rank())

@@ -69,17 +69,18 @@ def moetrain_rank(rank, world, steps: int, warmup: int, threads: int) -> float:
     """Runs in a spawned 1-rank gloo group (megatron-core needs its parallel state)."""
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
+    from moetrain.device import get_backend
     from moetrain.models import get_flavor
     from moetrain.models.builder import build_model
-    from moetrain.models.transformer_config import RuntimeOptions, build_transformer_config
     from moetrain.parallel import ParallelDims
+    from moetrain.training.transformer_config import RuntimeOptions, build_transformer_config
 
     torch.set_num_threads(threads)
     cfg = get_flavor("mixtral-tiny", **SHAPE)
     dims = ParallelDims(world_size=1)
     dims.initialize()
     model_parallel_cuda_manual_seed(0)
-    model = build_model(cfg, build_transformer_config(cfg, dims, RuntimeOptions()), cfg.vocab_size)
+    model = build_model(cfg, build_transformer_config(cfg, dims, RuntimeOptions(batch_p2p_comm=get_backend().batch_p2p_comm)), cfg.vocab_size)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     position_ids = torch.arange(SHAPE["seq_length"]).unsqueeze(0).expand(BATCH, -1)

@@ -67,12 +67,13 @@ def measure(world, flavor, tp, pp, ep, num_layer_list, dtype, distopt, recompute
     """One configuration on this rank (torch.distributed initialised): a dict of counts and bytes."""
     from megatron.core import parallel_state as ps
 
+    from moetrain.device import get_backend
     from moetrain.training.loop import _seed, build_model_and_optimizer
 
     run = _resolve(flavor, world, tp, pp, ep, num_layer_list, dtype, distopt, recompute, mbs, seq)
     run.dims.initialize()
     _seed(1234)
-    model, optimizer, _, padded = build_model_and_optimizer(run)
+    model, optimizer, _, padded = build_model_and_optimizer(run, get_backend().batch_p2p_comm)
     ddp = model[0]
     cfg = run.model_cfg
 

@@ -49,7 +49,7 @@ def _seed(seed: int) -> None:
     model_parallel_cuda_manual_seed(seed)
 
 
-def build_model_and_optimizer(run: ResolvedRun):
+def build_model_and_optimizer(run: ResolvedRun, batch_p2p_comm: bool):
     """(model chunks wrapped in DDP, optimizer, scheduler, padded vocab size)."""
     from megatron.core.distributed import (
         DistributedDataParallel,
@@ -61,14 +61,15 @@ def build_model_and_optimizer(run: ResolvedRun):
 
     from moetrain.models.builder import build_model_chunks
     from moetrain.models.param_count import padded_vocab_size
-    from moetrain.models.transformer_config import DTYPES, RuntimeOptions, build_transformer_config
     from moetrain.training.lr_schedule import build_scheduler
+    from moetrain.training.transformer_config import DTYPES, RuntimeOptions, build_transformer_config
 
     t, opt = run.cfg.training, run.cfg.optimizer
     options = RuntimeOptions(dtype=t.dtype, hidden_dropout=t.hidden_dropout, attention_dropout=t.attention_dropout,
                              recompute_granularity=t.recompute_granularity, recompute_method=t.recompute_method,
                              recompute_num_layers=t.recompute_num_layers,
-                             moe_token_dispatcher_type=t.moe_token_dispatcher_type, init_method_std=t.init_method_std)
+                             moe_token_dispatcher_type=t.moe_token_dispatcher_type, init_method_std=t.init_method_std,
+                             batch_p2p_comm=batch_p2p_comm)
     tf_config = build_transformer_config(run.model_cfg, run.dims, options)
     padded = padded_vocab_size(run.model_cfg.vocab_size, run.dims.tp)
     chunks = build_model_chunks(run.model_cfg, tf_config, padded)
@@ -125,7 +126,7 @@ def pretrain(run: ResolvedRun, backend) -> TrainSummary:
     run.dims.initialize()
     _seed(t.seed)
     logger.console("building the model and optimizer ...")
-    model, optimizer, scheduler, padded = build_model_and_optimizer(run)
+    model, optimizer, scheduler, padded = build_model_and_optimizer(run, backend.batch_p2p_comm)
     layout = _layout(run)
     state = TrainState()
     if run.load_converted:

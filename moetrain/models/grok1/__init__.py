@@ -7,7 +7,7 @@
   ``moetrain/models/common/core_attention.py`` -> ``moetrain/kernels/attention.py``
 - the four RMSNorms per layer (sandwich): ``moetrain/models/common/sandwich_layer.py``
 - embedding / output multipliers: ``moetrain/models/builder.py`` (``apply_multipliers``)
-- MoE router and dispatcher settings: ``moetrain/models/transformer_config.py``; experts:
+- MoE router and dispatcher settings: ``moetrain/training/transformer_config.py``; experts:
   ``moetrain/models/common/experts.py``
 - HF <-> megatron-core weight map (fused QKV per query group, [linear; linear_v] fc1):
   ``moetrain/models/grok1/weight_map.py``

@@ -1,4 +1,9 @@
-"""ModelConfig + ParallelDims (+ precision / recompute choices) -> megatron-core TransformerConfig."""
+"""ModelConfig + ParallelDims + RuntimeOptions -> megatron-core TransformerConfig.
+
+The model layer (``moetrain/models/``) describes the architecture only; the choices of a run
+(precision, recompute, dropout, token dispatcher, init) and what the backend can do (batched
+pipeline p2p) are decided here, by the workflow, and passed in.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from moetrain.device import get_backend
 from moetrain.models.config import ModelConfig
 from moetrain.parallel import ParallelDims
 
@@ -30,6 +34,8 @@ class RuntimeOptions:
     # on the parallel layout (megatron-core's use_cpu_initialization).
     use_cpu_initialization: bool = True
     init_method_std: float = 0.02
+    # A backend capability, passed in by the caller (gloo matches batched PP messages wrongly).
+    batch_p2p_comm: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -115,7 +121,7 @@ def build_transformer_config(cfg: ModelConfig, dims: ParallelDims, options: Runt
         expert_model_parallel_size=dims.ep,
         expert_tensor_parallel_size=dims.expert_tp,
         sequence_parallel=dims.sequence_parallel,
-        batch_p2p_comm=get_backend().batch_p2p_comm,
+        batch_p2p_comm=options.batch_p2p_comm,
         **layout,
         **moe,
         **recompute,
