@@ -28,7 +28,8 @@ class ParallelSection:
     tensor_model_parallel_size: int = 1
     pipeline_model_parallel_size: int = 1
     expert_model_parallel_size: int = 1
-    expert_tensor_parallel_size: int = 1
+    # None: the backend's default (moetrain.parallel.default_expert_tp: TP on nccl / hccl, 1 on gloo)
+    expert_tensor_parallel_size: int | None = None
     num_layer_list: str | None = None  # ModelLink's uneven pipeline split, e.g. "3,5"
     num_layers_per_virtual_pipeline_stage: int | None = None
     sequence_parallel: bool = False

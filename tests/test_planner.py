@@ -45,7 +45,7 @@ def test_distributed_optimizer_divides_by_dp():
         assert b.optimizer == pytest.approx(a.optimizer / 4)
         assert (b.weights, b.gradients, b.activations) == (a.weights, a.gradients, a.activations)
     # MoE: expert state is sharded over expert-DP (16 / (etp 1 x ep 4 x pp 2) = 2), dense over DP 4
-    lay = Layout(world_size=16, tp=2, pp=2, ep=4, etp=1, sequence_parallel=True)
+    lay = Layout(world_size=16, tp=2, pp=2, ep=4, expert_tp=1, sequence_parallel=True)
     p, d = (memory_per_stage(GROK40, lay.replace(use_distributed_optimizer=x), SETUP)[0] for x in (False, True))
     assert d.optimizer == pytest.approx(12 * (p.params.dense / 4 + p.params.expert / 2))
 

@@ -41,17 +41,19 @@ def parse_layer_list(text: str) -> tuple[int, ...]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help=f"flavor: {', '.join(list_flavors())}")
-    p.add_argument("--tp", type=int, default=1)
-    p.add_argument("--pp", type=int, default=1)
-    p.add_argument("--ep", type=int, default=1)
-    p.add_argument("--etp", type=int, default=None, help="expert tensor-parallel size (default: --tp)")
+    # Short names, plus the trainer's Megatron names so a launch's flags can be pasted as they are.
+    p.add_argument("--tp", "--tensor-model-parallel-size", dest="tp", type=int, default=1)
+    p.add_argument("--pp", "--pipeline-model-parallel-size", dest="pp", type=int, default=1)
+    p.add_argument("--ep", "--expert-model-parallel-size", dest="ep", type=int, default=1)
+    p.add_argument("--etp", "--expert-tensor-parallel-size", dest="etp", type=int, default=None,
+                   help="expert tensor-parallel size (default: the trainer's on NPU / GPU, = --tp)")
     p.add_argument("--vpp", type=int, default=None, help="virtual pipeline stages per rank")
     p.add_argument("--num-layer-list", type=parse_layer_list, default=None, help="layers per stage, e.g. 5,3")
     p.add_argument("--nnodes", type=int, default=1)
     p.add_argument("--nproc-per-node", type=int, default=8)
-    p.add_argument("--gbs", type=int, required=True, help="global batch size (sequences)")
-    p.add_argument("--mbs", type=int, default=1, help="micro batch size")
-    p.add_argument("--seq", type=int, default=None, help="sequence length (default: the flavor's)")
+    p.add_argument("--gbs", "--global-batch-size", dest="gbs", type=int, required=True, help="global batch size (sequences)")
+    p.add_argument("--mbs", "--micro-batch-size", dest="mbs", type=int, default=1, help="micro batch size")
+    p.add_argument("--seq", "--seq-length", dest="seq", type=int, default=None, help="sequence length (default: the flavor's)")
     p.add_argument("--device", default=None, help=f"device for the peak FLOPS: {', '.join(known_devices())}")
     p.add_argument("--device-memory", type=parse_memory_gib, default=None,
                    help="memory per device, e.g. 64GB (default: the device's)")
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = get_flavor(args.model)
         layout = Layout(
-            world_size=args.nnodes * args.nproc_per_node, tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp,
+            world_size=args.nnodes * args.nproc_per_node, tp=args.tp, pp=args.pp, ep=args.ep, expert_tp=args.etp,
             vpp=args.vpp, num_layer_list=args.num_layer_list, sequence_parallel=args.sequence_parallel,
             use_distributed_optimizer=args.use_distributed_optimizer,
             recompute_granularity=args.recompute_granularity,

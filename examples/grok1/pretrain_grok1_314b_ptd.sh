@@ -1,10 +1,10 @@
 #!/bin/bash
-# Grok-1 314B (64 layers) on 8 nodes x 8 devices: TP8 PP8 EP1 + sequence parallel, recompute.
+# Grok-1 314B (64 layers) on 16 nodes x 8 64 GB devices (Ascend 910B, or 80 GB GPUs): TP8 PP16 EP1 + sequence parallel, recompute.
 # Launch settings only: the architecture comes from the flavor (--model grok1-314b).
 # The same script runs on Ascend NPUs and NVIDIA GPUs (device picked automatically; MOETRAIN_DEVICE overrides).
-# Usage (on every node): NNODES=8 NODE_RANK=<0..7> MASTER_ADDR=<node-0 address> bash examples/grok1/pretrain_grok1_314b_ptd.sh
+# Usage (on every node): NNODES=16 NODE_RANK=<0..15> MASTER_ADDR=<node-0 address> bash examples/grok1/pretrain_grok1_314b_ptd.sh
 set -euo pipefail
-NNODES=${NNODES:-8}
+NNODES=${NNODES:-16}
 source "$(dirname "${BASH_SOURCE[0]}")/../launch_common.sh"
 
 DATA_PATH=${DATA_PATH:-./dataset/enwiki_text_document}
@@ -13,7 +13,7 @@ CKPT_SAVE_DIR=${CKPT_SAVE_DIR:-./ckpt/grok1-314b}
 CKPT_LOAD_DIR=${CKPT_LOAD_DIR:-./ckpt/grok1-314b}
 LOG_DIR=${LOG_DIR:-./logs/grok1-314b}
 
-PARALLEL_ARGS="--tensor-model-parallel-size 8 --pipeline-model-parallel-size 8 --expert-model-parallel-size 1 --sequence-parallel"
+PARALLEL_ARGS="--tensor-model-parallel-size 8 --pipeline-model-parallel-size 16 --expert-model-parallel-size 1 --sequence-parallel"
 
 TRAINING_ARGS="--micro-batch-size 1 --global-batch-size 512 --seq-length 8192 --train-iters 2000 \
     --lr 1e-5 --min-lr 1e-6 --lr-decay-style cosine --lr-warmup-fraction 0.01 --weight-decay 0.1 \

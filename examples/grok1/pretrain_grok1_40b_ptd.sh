@@ -1,5 +1,5 @@
 #!/bin/bash
-# Grok-1 "40B" (Grok-1 shape, 8 layers) on 2 nodes x 8 devices: TP4 PP2 EP2 + sequence parallel.
+# Grok-1 "40B" (Grok-1 shape, 8 layers) on 2 nodes x 8 64 GB devices (Ascend 910B, or 80 GB GPUs): TP4 PP2 EP2 + sequence parallel.
 # Launch settings only: the architecture comes from the flavor (--model grok1-40b).
 # The same script runs on Ascend NPUs and NVIDIA GPUs (device picked automatically; MOETRAIN_DEVICE overrides).
 # Usage (on every node): NNODES=2 NODE_RANK=<0..1> MASTER_ADDR=<node-0 address> bash examples/grok1/pretrain_grok1_40b_ptd.sh

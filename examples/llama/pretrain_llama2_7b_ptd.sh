@@ -1,5 +1,5 @@
 #!/bin/bash
-# Llama-2 7B on 1 node x 8 devices: TP1 PP2 (DP4).
+# Llama-2 7B on 1 node x 8 64 GB devices (Ascend 910B, or 80 GB GPUs): TP1 PP2 (DP4).
 # Launch settings only: the architecture comes from the flavor (--model llama2-7b).
 # The same script runs on Ascend NPUs and NVIDIA GPUs (device picked automatically; MOETRAIN_DEVICE overrides).
 # Usage (on every node): NNODES=1 NODE_RANK=<0..0> MASTER_ADDR=<node-0 address> bash examples/llama/pretrain_llama2_7b_ptd.sh

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Mixtral 8x7B on 2 nodes x 8 devices: TP2 PP4 EP2 + sequence parallel.
+# Mixtral 8x7B on 2 nodes x 8 64 GB devices (Ascend 910B, or 80 GB GPUs): TP2 PP4 EP2 + sequence parallel.
 # Launch settings only: the architecture comes from the flavor (--model mixtral-8x7b).
 # The same script runs on Ascend NPUs and NVIDIA GPUs (device picked automatically; MOETRAIN_DEVICE overrides).
 # Usage (on every node): NNODES=2 NODE_RANK=<0..1> MASTER_ADDR=<node-0 address> bash examples/mixtral/pretrain_mixtral_8x7b_ptd.sh

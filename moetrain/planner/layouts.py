@@ -8,38 +8,31 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from moetrain.models.config import ModelConfig
-from moetrain.parallel import split_layers
+from moetrain.parallel import LayoutError, ParallelDims, default_expert_tp
 
 RECOMPUTE = (None, "selective", "full")
+# The planner plans for accelerators (NPU / GPU): their collectives decide the expert-TP default.
+PLANNED_DIST_BACKEND = "nccl"
 
 
 @dataclass(frozen=True)
-class Layout:
-    """A TP x PP x EP (x DP) layout plus the memory switches the planner varies."""
+class Layout(ParallelDims):
+    """A candidate layout: the trainer's ParallelDims (same fields, same rules, same errors) plus
+    the memory switches the planner varies. Unlike a ParallelDims it may be built invalid and
+    checked with ``validate``, so the planner can enumerate candidates."""
 
-    world_size: int
-    tp: int = 1
-    pp: int = 1
-    ep: int = 1
-    etp: int | None = None  # expert tensor-parallel size; megatron-core's default is tp
-    vpp: int | None = None  # virtual pipeline stages per rank (interleaved 1F1B)
-    num_layer_list: tuple[int, ...] | None = None
-    sequence_parallel: bool = False
+    world_size: int = 1
+    # None: the trainer's default for the accelerators the planner targets (default_expert_tp).
+    expert_tp: int | None = None
     use_distributed_optimizer: bool = False
     recompute_granularity: str | None = None  # None, "selective" or "full"
 
-    @property
-    def expert_tp(self) -> int:
-        return self.tp if self.etp is None else self.etp
+    _check_on_init = False
 
-    @property
-    def dp(self) -> int:
-        return self.world_size // (self.tp * self.pp)
-
-    @property
-    def expert_dp(self) -> int:
-        """Replicas of each expert shard: the group the distributed optimizer shards expert state over."""
-        return self.world_size // (self.expert_tp * self.ep * self.pp)
+    def __post_init__(self) -> None:
+        if self.expert_tp is None:
+            object.__setattr__(self, "expert_tp", default_expert_tp(self.tp, PLANNED_DIST_BACKEND))
+        super().__post_init__()
 
     @property
     def virtual_stages(self) -> int:
@@ -47,6 +40,8 @@ class Layout:
 
     def short(self) -> str:
         parts = [f"TP{self.tp}", f"PP{self.pp}", f"EP{self.ep}", f"DP{self.dp}"]
+        if self.expert_tp != self.tp:
+            parts.append(f"ETP{self.expert_tp}")
         if self.vpp and self.vpp > 1:
             parts.append(f"VPP{self.vpp}")
         if self.sequence_parallel:
@@ -58,6 +53,8 @@ class Layout:
         return " ".join(parts)
 
     def replace(self, **changes) -> Layout:
+        if "tp" in changes and "expert_tp" not in changes and self.expert_tp == self.tp:
+            changes["expert_tp"] = None  # follow the new TP, as the default does
         return dataclasses.replace(self, **changes)
 
 
@@ -66,45 +63,12 @@ def num_microbatches(layout: Layout, global_batch_size: int, micro_batch_size: i
 
 
 def validate(cfg: ModelConfig, layout: Layout, global_batch_size: int, micro_batch_size: int) -> None:
-    """Raise ValueError naming the offending flag when the layout cannot run this model."""
-    w, tp, pp, ep, etp = layout.world_size, layout.tp, layout.pp, layout.ep, layout.expert_tp
-    for flag, value in (("--tp", tp), ("--pp", pp), ("--ep", ep), ("world size", w), ("--mbs", micro_batch_size)):
-        if value < 1:
-            raise ValueError(f"{flag} must be >= 1, got {value}")
-    if w % (tp * pp):
-        raise ValueError(f"--tp {tp} x --pp {pp} = {tp * pp} does not divide the world size {w}")
-    if cfg.num_attention_heads % tp or cfg.num_query_groups % tp:
-        raise ValueError(
-            f"--tp {tp} must divide the attention heads ({cfg.num_attention_heads}) "
-            f"and the query groups ({cfg.num_query_groups}) of {cfg.name}"
-        )
-    if cfg.is_moe:
-        if cfg.num_experts % ep:
-            raise ValueError(f"--ep {ep} does not divide the {cfg.num_experts} experts of {cfg.name}")
-        if w % (etp * ep * pp):
-            raise ValueError(f"expert-TP {etp} x --ep {ep} x --pp {pp} does not divide the world size {w}")
-        if tp > 1 and not layout.sequence_parallel:
-            # megatron-core refuses MoE with tensor parallelism unless sequence parallel is on
-            raise ValueError("MoE with --tp > 1 requires --sequence-parallel (megatron-core)")
-    elif ep != 1:
-        raise ValueError(f"--ep {ep} given but {cfg.name} is a dense model (no experts)")
-    if layout.sequence_parallel and tp == 1:
-        raise ValueError("--sequence-parallel needs --tp > 1")
-    split = split_layers(cfg.num_layers, pp, list(layout.num_layer_list) if layout.num_layer_list else None)
-    if layout.vpp and layout.vpp > 1:
-        if pp < 2:
-            raise ValueError("--vpp needs --pp > 1")
-        if any(n % layout.vpp for n in split):
-            raise ValueError(f"layers per stage {split} must be divisible by --vpp {layout.vpp}")
-    if global_batch_size % (micro_batch_size * layout.dp):
-        raise ValueError(
-            f"--gbs {global_batch_size} is not divisible by --mbs {micro_batch_size} x DP {layout.dp}"
-        )
-    m = num_microbatches(layout, global_batch_size, micro_batch_size)
-    if layout.vpp and layout.vpp > 1 and m % pp:
-        raise ValueError(f"interleaved 1F1B needs the {m} micro-batches to be a multiple of --pp {pp}")
+    """Raise LayoutError naming the offending flag when the layout cannot run this model: the
+    trainer's own checks (ParallelDims), for the accelerator backend the planner targets."""
+    layout.validate_model(cfg, PLANNED_DIST_BACKEND)
+    layout.num_microbatches(global_batch_size, micro_batch_size)
     if layout.recompute_granularity not in RECOMPUTE:
-        raise ValueError(f"--recompute-granularity must be full or selective, got {layout.recompute_granularity!r}")
+        raise LayoutError(f"--recompute-granularity must be full or selective, got {layout.recompute_granularity!r}")
 
 
 def _divisors(n: int) -> list[int]:
@@ -129,7 +93,7 @@ def neighbours(
                     for dist in (False, True):
                         same_pp = pp == base.pp
                         cand = base.replace(
-                            tp=tp, pp=pp, ep=ep, etp=base.etp if base.etp is None else min(base.etp, tp),
+                            tp=tp, pp=pp, ep=ep, expert_tp=None if base.expert_tp == base.tp else min(base.expert_tp, tp),
                             sequence_parallel=tp > 1, use_distributed_optimizer=dist,
                             recompute_granularity=rc,
                             vpp=base.vpp if same_pp else None,
@@ -137,7 +101,7 @@ def neighbours(
                         )
                         try:
                             validate(cfg, cand, global_batch_size, micro_batch_size)
-                        except ValueError:
+                        except LayoutError:
                             continue
                         yield cand
 

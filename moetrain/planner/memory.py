@@ -160,7 +160,7 @@ def memory_per_stage(
     ranks = parameters_per_rank(
         cfg, layout.tp, layout.pp, layout.ep,
         list(layout.num_layer_list) if layout.num_layer_list else None,
-        etp=layout.etp, padded_vocab_size=setup.padded_vocab_size,
+        etp=layout.expert_tp, padded_vocab_size=setup.padded_vocab_size,
     )
     w_b, g_b, o_b = state_bytes_per_param(setup.bf16)
     dense_shard = layout.dp if layout.use_distributed_optimizer else 1

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from moetrain.config import ConfigError, PretrainConfig
 from moetrain.models.config import ModelConfig
-from moetrain.parallel import ParallelDims, parse_num_layer_list
+from moetrain.parallel import ParallelDims, default_expert_tp, parse_num_layer_list
 from moetrain.training import checkpointing, converted_load
 from moetrain.training.data_splits import check_splits
 
@@ -48,7 +48,7 @@ def _model_config(cfg: PretrainConfig, tokenizer) -> ModelConfig:
         raise ConfigError(str(e)) from None
 
 
-def _dims(cfg: PretrainConfig, world_size: int, num_layers: int) -> ParallelDims:
+def _dims(cfg: PretrainConfig, world_size: int, num_layers: int, dist_backend: str) -> ParallelDims:
     p = cfg.parallel
     vpp = None
     if p.num_layers_per_virtual_pipeline_stage:
@@ -58,7 +58,9 @@ def _dims(cfg: PretrainConfig, world_size: int, num_layers: int) -> ParallelDims
                               f"does not divide the {per_stage} layers of each pipeline stage")
         vpp = per_stage // p.num_layers_per_virtual_pipeline_stage
     return ParallelDims(world_size=world_size, tp=p.tensor_model_parallel_size, pp=p.pipeline_model_parallel_size,
-                        ep=p.expert_model_parallel_size, expert_tp=p.expert_tensor_parallel_size,
+                        ep=p.expert_model_parallel_size,
+                        expert_tp=p.expert_tensor_parallel_size or default_expert_tp(p.tensor_model_parallel_size,
+                                                                                     dist_backend),
                         vpp=vpp if vpp and vpp > 1 else None, num_layer_list=parse_num_layer_list(p.num_layer_list),
                         sequence_parallel=p.sequence_parallel)
 
@@ -70,6 +72,8 @@ def _check_data(cfg: PretrainConfig) -> None:
         if missing:
             raise ConfigError(f"--data-path {prefix}: {' and '.join(prefix + s for s in missing)} not found "
                               "(give the prefix written by tools/preprocess_data.py, e.g. data/corpus_text_document)")
+    # An empty split would make megatron-core's GPTDataset loop forever, silently.
+    check_splits(paths, cfg.data.split)
 
 
 def _tokenizer(cfg: PretrainConfig):
@@ -97,21 +101,11 @@ def log_dir_for(cfg: PretrainConfig) -> Path:
 
 def resolve(cfg: PretrainConfig, world_size: int, dist_backend: str = "gloo") -> ResolvedRun:
     t = cfg.training
-    if t.train_iters > 0:
-        _check_data(cfg)
     tokenizer = _tokenizer(cfg) if cfg.data.data_path or cfg.data.tokenizer_type else None
     model_cfg = _model_config(cfg, tokenizer)
-    dims = _dims(cfg, world_size, model_cfg.num_layers)
+    dims = _dims(cfg, world_size, model_cfg.num_layers, dist_backend)
     dims.validate_model(model_cfg, dist_backend)
-    per_step = t.micro_batch_size * dims.dp
-    if t.global_batch_size % per_step:
-        raise ConfigError(f"--global-batch-size {t.global_batch_size} is not divisible by --micro-batch-size "
-                          f"{t.micro_batch_size} x data-parallel size {dims.dp} = {per_step} "
-                          f"({dims.describe()})")
-    num_microbatches = t.global_batch_size // per_step
-    if dims.pp > 1 and dims.vpp and num_microbatches % dims.pp:
-        raise ConfigError(f"interleaved pipeline: micro-batches per step {num_microbatches} must be a multiple of "
-                          f"--pipeline-model-parallel-size {dims.pp}")
+    num_microbatches = dims.num_microbatches(t.global_batch_size, t.micro_batch_size)
     ck = cfg.checkpoint
     if ck.save:
         import importlib.util
@@ -139,8 +133,7 @@ def resolve(cfg: PretrainConfig, world_size: int, dist_backend: str = "gloo") ->
     if cfg.data.eval_interval < 1:
         raise ConfigError("--eval-interval must be >= 1")
     if t.train_iters > 0:
-        # Last: the data's content (an empty split would make megatron-core's GPTDataset loop forever).
-        check_splits(cfg.data.blend()[0], cfg.data.split)
+        _check_data(cfg)  # last: the files and their content
     return ResolvedRun(cfg=cfg, model_cfg=model_cfg, dims=dims, seq_length=model_cfg.seq_length,
                        num_microbatches=num_microbatches, tokenizer=tokenizer, log_dir=log_dir_for(cfg),
                        load_iteration=load_iteration, load_converted=load_converted)

@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-from moetrain.parallel import split_layers
+from moetrain.parallel import ParallelDims, split_layers
 
 Kind = Literal["replicated", "split", "vocab", "qkv", "gated_fc1"]
 Scope = Literal["first", "last", "layer", "expert"]
@@ -34,11 +34,11 @@ class WeightMapError(ValueError):
 
 
 @dataclass(frozen=True)
-class ShardLayout:
-    tp: int = 1
-    pp: int = 1
-    ep: int = 1
-    num_layer_list: tuple[int, ...] | None = None  # layers per pipeline stage; even split when None
+class ShardLayout(ParallelDims):
+    """How a checkpoint is sharded: the one layout type (TP / PP / EP and the stage split of
+    ParallelDims, same rules and errors) plus megatron's padded vocabulary. Expert weights are
+    sharded over EP only (expert-TP 1)."""
+
     padded_vocab_size: int | None = None  # megatron's padded vocab; cfg.vocab_size when None
 
     def stage_layers(self, num_layers: int) -> tuple[int, ...]:
