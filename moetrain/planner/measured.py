@@ -1,6 +1,6 @@
 """The planner checked against reality: what real training components hold, per rank, on CPU.
 
-Each rank builds its model, DDP wrapper and optimizer with ``moetrain.training.loop`` (exactly as
+Each rank builds its model, DDP wrapper and optimizer with ``moetrain.training.trainer`` (exactly as
 pretraining does), runs one micro-batch forward + backward of its pipeline stage with a
 ``saved_tensors_hooks`` tracker, takes one optimizer step and returns what it holds in bytes.
 Pipeline stages do not exchange tensors here: a later stage gets a random input of the shape the
@@ -68,11 +68,11 @@ def measure(world, flavor, tp, pp, ep, num_layer_list, dtype, distopt, recompute
     from megatron.core import parallel_state as ps
 
     from moetrain.device import get_backend
-    from moetrain.training.loop import _seed, build_model_and_optimizer
+    from moetrain.training.trainer import build_model_and_optimizer, seed_everything
 
     run = _resolve(flavor, world, tp, pp, ep, num_layer_list, dtype, distopt, recompute, mbs, seq)
     run.dims.initialize()
-    _seed(1234)
+    seed_everything(1234)
     model, optimizer, _, padded = build_model_and_optimizer(run, get_backend().batch_p2p_comm)
     ddp = model[0]
     cfg = run.model_cfg
@@ -202,7 +202,7 @@ def measure_cases(rank, world, spec: LayoutSpec, cases: list[Case], mbs: int, se
 def planner_layout(spec: LayoutSpec, case: Case):
     from moetrain.planner.layouts import Layout
 
-    return Layout(world_size=spec.world, tp=spec.tp, pp=spec.pp, ep=effective_ep(spec, case.flavor), etp=1,
+    return Layout(world_size=spec.world, tp=spec.tp, pp=spec.pp, ep=effective_ep(spec, case.flavor), expert_tp=1,
                   num_layer_list=spec.num_layer_list, sequence_parallel=spec.tp > 1,
                   use_distributed_optimizer=case.distopt, recompute_granularity=case.recompute)
 

@@ -10,6 +10,7 @@ skips together) and is counted by the caller.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -77,12 +78,14 @@ def _aux_loss(num_microbatches: int, num_layers: int) -> float | None:
 
 
 def run_schedule(model, data_iterator, num_microbatches: int, seq_length: int, micro_batch_size: int,
-                 forward_only: bool) -> torch.Tensor:
+                 forward_only: bool, forward_step_func: Callable | None = None) -> torch.Tensor:
+    """Loss [sum, tokens] of one global batch on every rank. ``forward_step_func`` defaults to
+    pretraining's :func:`forward_step`; another workflow's (SFT) must keep its loss contract."""
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     losses = get_forward_backward_func()(
-        forward_step_func=forward_step, data_iterator=data_iterator, model=model,
+        forward_step_func=forward_step_func or forward_step, data_iterator=data_iterator, model=model,
         num_microbatches=num_microbatches, seq_length=seq_length, micro_batch_size=micro_batch_size,
         decoder_seq_length=seq_length, forward_only=forward_only)
     total = _reduce_lm_loss(losses, parallel_state.is_pipeline_last_stage(ignore_virtual=True))
@@ -90,11 +93,12 @@ def run_schedule(model, data_iterator, num_microbatches: int, seq_length: int, m
 
 
 def train_step(model, optimizer, data_iterator, num_microbatches: int, seq_length: int, micro_batch_size: int,
-               num_layers: int) -> StepResult:
+               num_layers: int, forward_step_func: Callable | None = None) -> StepResult:
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    total = run_schedule(model, data_iterator, num_microbatches, seq_length, micro_batch_size, forward_only=False)
+    total = run_schedule(model, data_iterator, num_microbatches, seq_length, micro_batch_size, forward_only=False,
+                         forward_step_func=forward_step_func)
     aux = _aux_loss(num_microbatches, num_layers)
     lm_loss = (total[0] / total[1].clamp(min=1)).item()
     # Agree on finiteness across every rank (pipeline ranks already share the value; this covers
@@ -111,11 +115,12 @@ def train_step(model, optimizer, data_iterator, num_microbatches: int, seq_lengt
 
 @torch.no_grad()
 def eval_step(model, data_iterator, num_microbatches: int, seq_length: int, micro_batch_size: int,
-              num_layers: int) -> float:
+              num_layers: int, forward_step_func: Callable | None = None) -> float:
     for chunk in model:
         chunk.eval()
     try:
-        total = run_schedule(model, data_iterator, num_microbatches, seq_length, micro_batch_size, forward_only=True)
+        total = run_schedule(model, data_iterator, num_microbatches, seq_length, micro_batch_size, forward_only=True,
+                             forward_step_func=forward_step_func)
         _aux_loss(num_microbatches, num_layers)  # eval aux losses are not part of training logs
     finally:
         for chunk in model:
