@@ -8,12 +8,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hf_reference import init_grok1_weights  # tests/ is on sys.path under pytest
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from moetrain.models import get_flavor
 from moetrain.models.grok1.hf_config import Grok1Config
-from moetrain.models.grok1.hf_model import Grok1ModelForCausalLM, init_grok1_weights_for_test
+from moetrain.models.grok1.hf_model import Grok1ModelForCausalLM
 from moetrain.models.hf_config import to_hf_config
 
 
@@ -22,7 +23,7 @@ def _model(**overrides) -> Grok1ModelForCausalLM:
     for k, v in overrides.items():
         setattr(cfg, k, v)
     model = Grok1ModelForCausalLM(cfg).eval()
-    init_grok1_weights_for_test(model, seed=0, std=0.05)
+    init_grok1_weights(model, seed=0, std=0.05)
     return model
 
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-FAMILIES = ("llama", "grok1")
 ACTIVATIONS = ("swiglu", "geglu")
 
 
@@ -13,7 +12,8 @@ ACTIVATIONS = ("swiglu", "geglu")
 class ModelConfig:
     """Architecture of a decoder-only transformer (dense or MoE).
 
-    ``family`` picks the layer spec: ``llama`` (Llama and, with experts, Mixtral) or ``grok1``.
+    ``family`` names the model family (a folder of ``moetrain/models/``, see ``registry.py``) that
+    builds it: ``llama`` (Llama and, with experts, Mixtral) or ``grok1``.
     Field names follow Megatron-LM's flags (``--num-query-groups`` is the KV head count).
     """
 
@@ -51,11 +51,8 @@ class ModelConfig:
     # --- bookkeeping ---
     hf_architecture: str = ""
     published_params: float | None = None  # e.g. 6.74e9, for the parameter-count check
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILIES:
-            raise ValueError(f"model {self.name!r}: family must be one of {FAMILIES}, got {self.family!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"model {self.name!r}: activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.gelu_approximate not in ("none", "tanh"):
@@ -93,3 +90,12 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        """A saved ``to_dict()`` (checkpoint metadata, run_info.json), older ones included."""
+        return cls(**{k: v for k, v in d.items() if k not in RETIRED_FIELDS})
+
+
+# Fields older moetrain versions wrote into checkpoints and logs; ignored when read back.
+RETIRED_FIELDS = frozenset({"extra"})

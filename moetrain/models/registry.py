@@ -1,72 +1,66 @@
-"""Flavor registry: named presets of ModelConfig, including tiny debug flavors for tests and the demo."""
+"""The family registry: every folder under ``moetrain/models/`` with a ``family.py`` defining
+``FAMILY`` is a model family; its flavors (named ModelConfig presets, tiny debug ones included)
+are the ``--model`` choices. This is the only module that looks a family up by name.
+"""
 
 from __future__ import annotations
 
-from moetrain.models.config import ModelConfig
+import importlib
+import pkgutil
+from pathlib import Path
 
-# Grok-1 numerics (hpcai-tech/grok-1 config.json).
-_GROK1 = dict(
-    family="grok1",
-    activation="geglu",
-    gelu_approximate="none",
-    num_experts=8,
-    moe_router_topk=2,
-    moe_router_pre_softmax=True,
-    norm_epsilon=1e-5,
-    rotary_base=10000.0,
-    untie_embeddings_and_output_weights=False,  # the HF release ties lm_head to embed_tokens
-    embedding_multiplier=78.38367176906169,
-    output_multiplier=0.5773502691896257,
-    attn_logit_softcapping=30.0,
-    sandwich_norm=True,
-    hf_architecture="Grok1ModelForCausalLM",
-)
-_LLAMA = dict(family="llama", activation="swiglu", hf_architecture="LlamaForCausalLM")
-_MIXTRAL = dict(
-    family="llama", activation="swiglu", num_experts=8, moe_router_topk=2,
-    moe_router_pre_softmax=False, hf_architecture="MixtralForCausalLM",
-)
+from moetrain.models.config import ModelConfig
+from moetrain.models.family import ModelFamily
+
+
+def _discover() -> dict[str, ModelFamily]:
+    families = {}
+    for info in sorted(pkgutil.iter_modules([str(Path(__file__).parent)]), key=lambda m: m.name):
+        if not info.ispkg or not (Path(__file__).parent / info.name / "family.py").is_file():
+            continue
+        family = importlib.import_module(f"moetrain.models.{info.name}.family").FAMILY
+        if family.name in families:
+            raise RuntimeError(f"two model families are named {family.name!r}")
+        families[family.name] = family
+    return families
+
+
+FAMILIES: dict[str, ModelFamily] = _discover()
 
 
 def _flavors() -> dict[str, ModelConfig]:
-    flavors = [
-        ModelConfig(name="grok1-314b", num_layers=64, hidden_size=6144, ffn_hidden_size=32768,
-                    num_attention_heads=48, num_query_groups=8, kv_channels=128, vocab_size=131072,
-                    seq_length=8192, published_params=314e9, **_GROK1),
-        # Same shape with 8 layers: the reference framework's 16-device "40B" recipe.
-        ModelConfig(name="grok1-40b", num_layers=8, hidden_size=6144, ffn_hidden_size=32768,
-                    num_attention_heads=48, num_query_groups=8, kv_channels=128, vocab_size=131072,
-                    seq_length=8192, **_GROK1),
-        ModelConfig(name="llama2-7b", num_layers=32, hidden_size=4096, ffn_hidden_size=11008,
-                    num_attention_heads=32, num_query_groups=32, vocab_size=32000, seq_length=4096,
-                    published_params=6.74e9, **_LLAMA),
-        ModelConfig(name="llama2-13b", num_layers=40, hidden_size=5120, ffn_hidden_size=13824,
-                    num_attention_heads=40, num_query_groups=40, vocab_size=32000, seq_length=4096,
-                    published_params=13.0e9, **_LLAMA),
-        ModelConfig(name="llama3-8b", num_layers=32, hidden_size=4096, ffn_hidden_size=14336,
-                    num_attention_heads=32, num_query_groups=8, vocab_size=128256, seq_length=8192,
-                    rotary_base=500000.0, published_params=8.03e9, **_LLAMA),
-        # A ~1.2B dense flavor for single-GPU throughput measurements.
-        ModelConfig(name="llama-1b", num_layers=16, hidden_size=2048, ffn_hidden_size=8192,
-                    num_attention_heads=32, num_query_groups=8, vocab_size=128256, seq_length=4096,
-                    rotary_base=500000.0, **_LLAMA),
-        ModelConfig(name="mixtral-8x7b", num_layers=32, hidden_size=4096, ffn_hidden_size=14336,
-                    num_attention_heads=32, num_query_groups=8, vocab_size=32000, seq_length=32768,
-                    rotary_base=1e6, published_params=46.7e9, **_MIXTRAL),
-        # --- tiny debug flavors: 4 layers (PP2-able), heads and KV heads divisible by TP2, 4 experts (EP2-able)
-        ModelConfig(name="grok1-tiny", num_layers=4, hidden_size=64, ffn_hidden_size=128,
-                    num_attention_heads=4, num_query_groups=2, kv_channels=16, vocab_size=512,
-                    seq_length=64, **{**_GROK1, "num_experts": 4}),
-        ModelConfig(name="llama-tiny", num_layers=4, hidden_size=64, ffn_hidden_size=128,
-                    num_attention_heads=4, num_query_groups=2, vocab_size=512, seq_length=64, **_LLAMA),
-        ModelConfig(name="mixtral-tiny", num_layers=4, hidden_size=64, ffn_hidden_size=128,
-                    num_attention_heads=4, num_query_groups=2, vocab_size=512, seq_length=64,
-                    **{**_MIXTRAL, "num_experts": 4}),
-    ]
-    return {f.name: f for f in flavors}
+    flavors = {}
+    for family in FAMILIES.values():
+        for cfg in family.flavors:
+            if cfg.family != family.name:
+                raise RuntimeError(f"flavor {cfg.name!r} is listed by family {family.name!r} but says {cfg.family!r}")
+            if cfg.name in flavors:
+                raise RuntimeError(f"two flavors are named {cfg.name!r}")
+            flavors[cfg.name] = cfg
+    return flavors
 
 
 FLAVORS: dict[str, ModelConfig] = _flavors()
+
+
+def family_of(cfg: ModelConfig) -> ModelFamily:
+    """The family a model belongs to (``cfg.family``)."""
+    try:
+        return FAMILIES[cfg.family]
+    except KeyError:
+        raise ValueError(f"model {cfg.name!r}: family must be one of {tuple(FAMILIES)}, got {cfg.family!r}") from None
+
+
+def family_for_model_type(model_type_hf: str) -> ModelFamily:
+    """The family that owns a converter ``--model-type-hf`` value."""
+    for family in FAMILIES.values():
+        if model_type_hf in family.converter_model_types:
+            return family
+    raise ValueError(f"--model-type-hf must be one of {', '.join(converter_model_types())}, got {model_type_hf!r}")
+
+
+def converter_model_types() -> tuple[str, ...]:
+    return tuple(t for family in FAMILIES.values() for t in family.converter_model_types)
 
 
 def list_flavors() -> list[str]:
@@ -77,4 +71,6 @@ def get_flavor(name: str, **overrides) -> ModelConfig:
     """The named flavor, with field overrides applied (``get_flavor("grok1-tiny", num_layers=8)``)."""
     if name not in FLAVORS:
         raise ValueError(f"unknown model flavor {name!r}; choose one of: {', '.join(list_flavors())}")
-    return FLAVORS[name].replace(**overrides) if overrides else FLAVORS[name]
+    cfg = FLAVORS[name].replace(**overrides) if overrides else FLAVORS[name]
+    family_of(cfg)  # an overridden family must exist
+    return cfg

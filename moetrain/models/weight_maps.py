@@ -1,4 +1,4 @@
-"""HF <-> megatron-core weight maps, dispatched on the model family.
+"""HF <-> megatron-core weight maps, dispatched to the model's family (its ``weight_map.py``).
 
     hf_to_mcore(cfg, hf, layout, coord)   local state dict of one rank
     mcore_to_hf(cfg, shards, layout)      full HF state dict (checkpoint names)
@@ -28,16 +28,13 @@ from moetrain.models.common.weight_map import (
     unshard,
 )
 from moetrain.models.config import ModelConfig
-from moetrain.models.grok1.weight_map import GROK1_MAP
-from moetrain.models.llama.weight_map import LLAMA_MAP, is_transformers_mixtral, mixtral_from_transformers
 
 
 def model_map(cfg: ModelConfig) -> ModelMap:
-    if cfg.family == "grok1":
-        return GROK1_MAP
-    if cfg.family == "llama":  # Llama and Mixtral (hf_architecture MixtralForCausalLM, num_experts set)
-        return LLAMA_MAP
-    raise WeightMapError(f"model {cfg.name!r}: no weight map for family {cfg.family!r}")
+    """The tensor rules of the model's family."""
+    from moetrain.models.registry import family_of
+
+    return family_of(cfg).weight_map()
 
 
 def rule_table(cfg: ModelConfig, layout: ShardLayout | None = None) -> list[TensorRule]:
@@ -61,8 +58,11 @@ def expected_mcore_keys(cfg: ModelConfig, layout: ShardLayout, coord: RankCoord)
 def hf_to_mcore(cfg: ModelConfig, hf: HFSource, layout: ShardLayout, coord: RankCoord) -> dict[str, torch.Tensor]:
     """Local megatron-core state dict of rank ``coord``. A Mixtral mapping in transformers 5's
     in-memory layout (fused experts) is accepted too."""
-    if isinstance(hf, Mapping) and cfg.is_moe and cfg.family == "llama" and is_transformers_mixtral(hf):
-        hf = mixtral_from_transformers(hf)
+    from moetrain.models.registry import family_of
+
+    normalize = family_of(cfg).normalize_hf_state
+    if isinstance(hf, Mapping) and normalize is not None:
+        hf = normalize(cfg, hf)
     return model_map(cfg).hf_to_mcore(cfg, hf, layout, coord)
 
 

@@ -21,7 +21,7 @@ from moetrain.models.config import ModelConfig
 
 MODEL_PREFIX = "model__"
 # ModelConfig fields that are not architecture flags (or are owned by another section).
-_MODEL_SKIP = {"name", "family", "extra", "hf_architecture", "published_params", "seq_length"}
+_MODEL_SKIP = {"name", "family", "hf_architecture", "published_params", "seq_length"}
 _HELP = {
     "data_path": "prefix(es) of preprocessed .bin/.idx; blend: '0.3 pathA 0.7 pathB'",
     "split": "train,valid,test proportions, e.g. 969,30,1",

@@ -98,7 +98,7 @@ def summarize(
     dtype = str(info.get("dtype", "bf16"))
     tflops = achieved_mfu = None
     if info.get("model_config"):
-        cfg = ModelConfig(**info["model_config"])
+        cfg = ModelConfig.from_dict(info["model_config"])
         flops = flops_per_iteration(cfg, gbs, seq)
         tflops = tflops_per_device(flops, step, world)
         # a CPU's marketing name could contain a table key by accident: CPUs have no entry

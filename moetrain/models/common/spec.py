@@ -1,10 +1,11 @@
-"""megatron-core layer specs built from moetrain's modules (the spec provider for every family).
+"""megatron-core layer-spec building blocks from moetrain's modules, shared by every family.
 
 One decoder layer:
-    input_layernorm (RMSNorm) -> SelfAttention(linear_qkv, CoreAttention, linear_proj) -> [post norm] -> +residual
-    pre_mlp_layernorm (RMSNorm) -> MLP (dense) or MoELayer(router, grouped-GEMM experts) -> [post norm] -> +residual
-Post norms exist only for sandwich-norm models (Grok-1). Parameter names are those of
-megatron-core's local spec; the HF weight maps (``moetrain/models/*/weight_map.py``) rely on them.
+    input_layernorm (RMSNorm) -> SelfAttention(linear_qkv, CoreAttention, linear_proj) -> +residual
+    pre_mlp_layernorm (RMSNorm) -> MLP (dense) or MoELayer(router, grouped-GEMM experts) -> +residual
+A family's ``spec.py`` composes these (Grok-1 adds its post norms and the soft-cap:
+``moetrain/models/grok1/spec.py``). Parameter names are those of megatron-core's local spec; the HF
+weight maps (``moetrain/models/*/weight_map.py``) rely on them.
 """
 
 from __future__ import annotations
@@ -24,20 +25,19 @@ from moetrain.models.common.activations import GatedActivation
 from moetrain.models.common.core_attention import CoreAttention
 from moetrain.models.common.experts import GroupedGemmExperts
 from moetrain.models.common.norms import RMSNorm
-from moetrain.models.common.sandwich_layer import SandwichLayerSubmodules, SandwichTransformerLayer
 from moetrain.models.config import ModelConfig
 
 NORM = ModuleSpec(module=RMSNorm)
 
 
-def attention_spec(cfg: ModelConfig) -> ModuleSpec:
-    """Fused-QKV self-attention; ``softcap`` reaches CoreAttention (Grok-1: 30)."""
+def attention_spec(softcap: float | None) -> ModuleSpec:
+    """Fused-QKV self-attention; ``softcap`` reaches CoreAttention (None: no cap)."""
     return ModuleSpec(
         module=SelfAttention,
         params={"attn_mask_type": AttnMaskType.causal},
         submodules=SelfAttentionSubmodules(
             linear_qkv=ColumnParallelLinear,
-            core_attention=ModuleSpec(module=CoreAttention, params={"softcap": cfg.attn_logit_softcapping}),
+            core_attention=ModuleSpec(module=CoreAttention, params={"softcap": softcap}),
             linear_proj=RowParallelLinear,
             q_layernorm=IdentityOp,
             k_layernorm=IdentityOp,
@@ -46,7 +46,7 @@ def attention_spec(cfg: ModelConfig) -> ModuleSpec:
 
 
 def mlp_spec(cfg: ModelConfig) -> ModuleSpec:
-    """Gated MLP, or an MoE layer whose experts are gated MLPs (expert-tensor-parallel size 1)."""
+    """Gated MLP, or an MoE layer whose experts are gated MLPs."""
     glu = ModuleSpec(module=GatedActivation,
                      params={"activation": cfg.activation, "gelu_approximate": cfg.gelu_approximate})
     gated = MLPSubmodules(linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear, activation_func=glu)
@@ -56,24 +56,24 @@ def mlp_spec(cfg: ModelConfig) -> ModuleSpec:
     return ModuleSpec(module=MoELayer, submodules=MoESubmodules(experts=experts))
 
 
-def layer_spec(cfg: ModelConfig) -> ModuleSpec:
-    common = dict(
+def layer_submodules(cfg: ModelConfig) -> dict:
+    """The submodules every family's layer has (pre-norms, attention, MLP / MoE, residual adds)."""
+    return dict(
         input_layernorm=NORM,
-        self_attention=attention_spec(cfg),
+        self_attention=attention_spec(cfg.attn_logit_softcapping),
         self_attn_bda=get_bias_dropout_add,
         pre_mlp_layernorm=NORM,
         mlp=mlp_spec(cfg),
         mlp_bda=get_bias_dropout_add,
     )
-    if cfg.sandwich_norm:
-        return ModuleSpec(
-            module=SandwichTransformerLayer,
-            submodules=SandwichLayerSubmodules(post_self_attn_layernorm=NORM, post_mlp_layernorm=NORM, **common),
-        )
-    return ModuleSpec(module=TransformerLayer, submodules=TransformerLayerSubmodules(**common))
 
 
-def block_spec(cfg: ModelConfig, num_local_layers: int) -> TransformerBlockSubmodules:
+def plain_layer_spec(cfg: ModelConfig) -> ModuleSpec:
+    """megatron-core's TransformerLayer with moetrain's modules (Llama, Mixtral)."""
+    return ModuleSpec(module=TransformerLayer, submodules=TransformerLayerSubmodules(**layer_submodules(cfg)))
+
+
+def block_spec(layer: ModuleSpec, num_local_layers: int) -> TransformerBlockSubmodules:
     """The decoder block of one pipeline stage, with moetrain's RMSNorm as the final norm
     (megatron-core's default final norm refuses sequence parallelism)."""
-    return TransformerBlockSubmodules(layer_specs=[layer_spec(cfg)] * num_local_layers, layer_norm=NORM)
+    return TransformerBlockSubmodules(layer_specs=[layer] * num_local_layers, layer_norm=NORM)

@@ -74,3 +74,46 @@ class Grok1Config(PretrainedConfig):
             tie_word_embeddings=tie_word_embeddings,
             **kwargs,
         )
+
+
+# ---------------------------------------------------------------- ModelConfig <-> Grok1Config
+def to_hf(cfg):
+    """The Grok1Config of a grok1-family ModelConfig."""
+    from moetrain.models.hf_config import common_hf_fields, default_score_scale, require
+
+    arch = cfg.hf_architecture or "Grok1ModelForCausalLM"
+    require(cfg, arch == "Grok1ModelForCausalLM", f"no HF config for architecture {arch!r} in the grok1 family")
+    require(cfg, cfg.is_moe and cfg.activation == "geglu" and cfg.sandwich_norm and cfg.moe_router_pre_softmax,
+            "the Grok-1 HF layout is MoE with GeGLU experts, sandwich norms and a pre-softmax router")
+    require(cfg, cfg.attn_logit_softcapping is not None, "the Grok-1 HF model always soft-caps attention scores")
+    return Grok1Config(
+        architectures=["Grok1ModelForCausalLM"], **common_hf_fields(cfg),
+        attn_output_multiplier=cfg.attn_output_multiplier or default_score_scale(cfg),
+        max_attn_value=cfg.attn_logit_softcapping, embedding_multiplier_scale=cfg.embedding_multiplier,
+        output_multiplier_scale=cfg.output_multiplier, rope_theta=cfg.rotary_base,
+        gelu_approximate=cfg.gelu_approximate, num_experts=cfg.num_experts, num_experts_per_tok=cfg.moe_router_topk,
+        router_aux_loss_coef=cfg.moe_aux_loss_coeff, output_router_logits=cfg.moe_aux_loss_coeff > 0,
+    )
+
+
+def from_hf(d: dict, name: str):
+    """The ModelConfig of a Grok-1 HF config dict, or None for another model type."""
+    import math
+
+    from moetrain.models.config import ModelConfig
+    from moetrain.models.hf_config import common_model_fields, head_dim_of, router_aux_coeff
+
+    arch = (d.get("architectures") or [""])[0]
+    if d.get("model_type") != "grok-1" and not arch.startswith("Grok1"):
+        return None
+    head_dim = head_dim_of(d)
+    mult = d.get("attn_output_multiplier")
+    if mult is not None and math.isclose(mult, head_dim ** -0.5, rel_tol=1e-12):
+        mult = None  # the ModelConfig default (1/sqrt(head_dim))
+    return ModelConfig(
+        **common_model_fields(d, name), family="grok1", kv_channels=head_dim, activation="geglu",
+        gelu_approximate=d.get("gelu_approximate", "none"), num_experts=d["num_experts"],
+        moe_router_topk=d["num_experts_per_tok"], moe_router_pre_softmax=True, moe_aux_loss_coeff=router_aux_coeff(d),
+        rotary_base=float(d.get("rope_theta", 10000.0)), embedding_multiplier=d["embedding_multiplier_scale"],
+        output_multiplier=d["output_multiplier_scale"], attn_logit_softcapping=d["max_attn_value"],
+        attn_output_multiplier=mult, sandwich_norm=True, hf_architecture="Grok1ModelForCausalLM")

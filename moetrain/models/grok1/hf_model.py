@@ -155,7 +155,7 @@ class Grok1PreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         # Like the HF port: everything starts at zero, so the model outputs exactly 0 until weights
-        # are loaded (tests use init_grok1_weights_for_test).
+        # are loaded (tests fill random weights: tests/hf_reference.py init_grok1_weights).
         if isinstance(module, (nn.Linear, nn.Embedding)):
             _init.zeros_(module.weight)
         elif isinstance(module, Grok1RMSNorm):
@@ -265,19 +265,6 @@ class Grok1ModelForCausalLM(Grok1PreTrainedModel):
         )
 
 
-@torch.no_grad()
-def init_grok1_weights_for_test(model: nn.Module, seed: int = 0, std: float = 0.02, norm_noise: float = 0.1) -> None:
-    """Fill every weight with N(0, std) and every norm scale with 1 + N(0, norm_noise), reproducibly.
-
-    The HF port's init zeroes everything; tests need every component to matter.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    for name, param in model.named_parameters():  # tied lm_head appears once (as embed_tokens)
-        noise = torch.randn(param.shape, generator=gen, dtype=torch.float32)
-        value = 1.0 + norm_noise * noise if name.endswith(".scale") else std * noise
-        param.copy_(value.to(param.dtype))
-
-
 def register_with_auto_classes() -> None:
     """Make AutoConfig / AutoModel / AutoModelForCausalLM resolve model_type "grok-1" (idempotent)."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
@@ -294,6 +281,6 @@ def register_with_auto_classes() -> None:
 register_with_auto_classes()
 
 __all__ = [
-    "Grok1Config", "Grok1Model", "Grok1ModelForCausalLM", "Grok1RMSNorm", "init_grok1_weights_for_test",
+    "Grok1Config", "Grok1Model", "Grok1ModelForCausalLM", "Grok1RMSNorm",
     "register_with_auto_classes", "router_load_balancing_loss",
 ]
