@@ -25,11 +25,11 @@ __all__ = ["PretrainData", "TrainSummary", "TrainingError", "build_model_and_opt
 
 
 class PretrainData(DataProvider):
-    """Megatron GPTDataset splits of --data-path, read by consumed samples (training/data.py);
+    """Megatron GPTDataset splits of --data-path, read by consumed samples (training/pretrain_data.py);
     the loss is step.forward_step's (token-weighted cross entropy over ``loss_mask``)."""
 
     def build(self, trainer: Trainer):
-        from moetrain.training import data as data_mod
+        from moetrain.training import pretrain_data as data_mod
 
         cfg, t = trainer.run.cfg, trainer.run.cfg.training
         sizes = data_mod.dataset_sizes(t.train_iters, t.global_batch_size, cfg.data.eval_interval,
@@ -41,7 +41,7 @@ class PretrainData(DataProvider):
         return train_ds, valid_ds
 
     def iterator(self, trainer: Trainer, dataset, start_sample: int):
-        from moetrain.training import data as data_mod
+        from moetrain.training import pretrain_data as data_mod
 
         return data_mod.iterators(dataset, start_sample, trainer.run.cfg.training.micro_batch_size,
                                   trainer.dp_rank, trainer.run.dims.dp, len(trainer.model))

@@ -1,4 +1,4 @@
-"""Training data: megatron-core's GPTDataset over preprocessed .bin/.idx, read by consumed samples.
+"""Pretraining data: megatron-core's GPTDataset over preprocessed .bin/.idx, read by consumed samples.
 
 The position in the data is one integer, the number of samples consumed so far. Global batch ``k``
 is samples ``[k*gbs, (k+1)*gbs)``; micro-batch ``j`` of it holds ``mbs * dp`` consecutive samples,
