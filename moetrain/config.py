@@ -161,6 +161,18 @@ class CheckpointSection:
 
 
 @dataclass
+class SftSection:
+    """Supervised fine-tuning on the preprocessor's instruction datasets (MindSpeed-LLM's flags)."""
+
+    is_instruction_dataset: bool = False  # --data-path is instruction data (input_ids / labels / mask)
+    prompt_type: str | None = None  # checked against the one the data was preprocessed with
+    variable_seq_lengths: bool = False  # pad each micro-batch to its longest row (x8), not --seq-length
+    reset_attention_mask: bool = False  # packed samples do not attend to each other
+    reset_position_ids: bool = False  # positions restart at every packed sample
+    no_shuffle: bool = False  # epochs in stored order instead of a seeded shuffle per epoch
+
+
+@dataclass
 class LoggingSection:
     log_interval: int = 1
     log_dir: str | None = None  # None: $MOETRAIN_LOG_DIR, else <save>/logs, else ./runs/<model>
@@ -178,6 +190,7 @@ class PretrainConfig:
     data: DataSection = field(default_factory=DataSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
+    sft: SftSection = field(default_factory=SftSection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -190,4 +203,5 @@ SECTIONS: dict[str, type] = {
     "data": DataSection,
     "checkpoint": CheckpointSection,
     "logging": LoggingSection,
+    "sft": SftSection,
 }

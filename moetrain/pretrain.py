@@ -37,24 +37,34 @@ def run_pretrain(argv: list[str] | None = None):
     import torch.distributed as dist
 
     from moetrain.device import setup_device
-    from moetrain.training.loop import pretrain
 
     run, _ = prepare(argv, world_size=dist.get_world_size())
     backend = setup_device(run.cfg.device)
-    return pretrain(run, backend)
+    return _workflow(run)(run, backend)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _workflow(run):
+    """Pretraining, or SFT for instruction data (ModelLink's ``pretrain_gpt.py --is-instruction-dataset``)."""
+    if run.cfg.sft.is_instruction_dataset:
+        from moetrain.finetune.sft import sft
+
+        return sft
+    from moetrain.training.loop import pretrain
+
+    return pretrain
+
+
+def main(argv: list[str] | None = None, prog: str = "moetrain-pretrain") -> int:
     warnings.filterwarnings("ignore", category=UserWarning, module="megatron")
     try:
         run, backend = prepare(argv)
     except _USER_ERRORS as e:
-        print(f"moetrain-pretrain: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     import torch.distributed as dist
 
     from moetrain.device import setup_device
-    from moetrain.training.loop import TrainingError, pretrain
+    from moetrain.training.loop import TrainingError
 
     backend = setup_device(run.cfg.device)
     created = not dist.is_initialized()
@@ -65,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
                               RANK="0", WORLD_SIZE="1")
         dist.init_process_group(backend.dist_backend)
     try:
-        pretrain(run, backend)
+        _workflow(run)(run, backend)
     except (TrainingError, *_USER_ERRORS) as e:
         if dist.get_rank() == 0:
-            print(f"moetrain-pretrain: error: {e}", file=sys.stderr)
+            print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     finally:
         if created and dist.is_initialized():

@@ -58,7 +58,7 @@ def hooks_group(rank, world_size, data, tokenizer, tmp):
             self.forwards += 1
             return super().forward_step(data_iterator, model)
 
-        def extra_metrics(self, trainer, result):
+        def extra_metrics(self, trainer, result, seconds, steps):
             self.metrics += 1
             return {}
 

@@ -1,10 +1,11 @@
 """hf -> mg, mg -> hf and mg -> mg (re-shard), one tensor or one target rank at a time.
 
 Every direction is "a getter of full HF-named tensors" (an HF directory, or a Megatron checkpoint
-un-sharded on the fly) feeding a writer (per-rank Megatron files via ``hf_to_mcore``, or streamed
-safetensors shards). Inputs are validated as a whole from headers / metadata before any data is
-read; outputs are checked complete; everything is written into a temporary sibling of
-``--save-dir`` and renamed into place at the end.
+un-sharded on the fly) feeding a writer (the per-rank Megatron format
+(iter_*/mp_rank_*/model_optim_rng.pt) via ``hf_to_mcore``, or streamed safetensors shards). Inputs
+are validated as a whole from headers / metadata before any data is read; outputs are checked
+complete; everything is written into a temporary sibling of ``--save-dir`` and renamed into place
+at the end.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from pathlib import Path
 
 import torch
 
+from moetrain.checkpoint_formats.directory import write_latest
 from moetrain.checkpoint_formats.errors import ConversionError
 from moetrain.checkpoint_formats.hf_dir import HFDirSource
-from moetrain.checkpoint_formats.legacy import save_rank_checkpoint, write_tracker
+from moetrain.checkpoint_formats.legacy import save_rank_checkpoint
 from moetrain.checkpoint_formats.mcore_source import MegatronSource, hf_order, layer_of
 from moetrain.checkpoint_formats.mg_dir import open_megatron
 from moetrain.checkpoint_formats.options import DTYPE_NAMES, ConvertOptions, ConvertReport
@@ -32,7 +34,7 @@ from moetrain.checkpoint_formats.safetensors_writer import (
 from moetrain.models.config import ModelConfig
 from moetrain.models.hf_config import from_hf_config, to_hf_config
 from moetrain.models.param_count import padded_vocab_size
-from moetrain.models.registry import get_flavor
+from moetrain.models.registry import family_for_model_type, family_of, get_flavor
 from moetrain.models.weight_maps import (
     ShardLayout,
     WeightMapError,
@@ -40,6 +42,7 @@ from moetrain.models.weight_maps import (
     expected_hf_keys,
     expected_mcore_keys,
     hf_to_mcore,
+    model_map,
 )
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
@@ -47,11 +50,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 
 
 def check_model_type(cfg: ModelConfig, model_type: str) -> None:
-    ok = {"grok1": cfg.family == "grok1", "llama2": cfg.family == "llama" and not cfg.is_moe,
-          "llama3": cfg.family == "llama" and not cfg.is_moe, "mixtral": cfg.family == "llama" and cfg.is_moe}
-    if not ok[model_type]:
-        kind = "Grok-1" if cfg.family == "grok1" else "Mixtral (MoE)" if cfg.is_moe else "Llama (dense)"
-        raise ConversionError(f"--model-type-hf {model_type} does not match the checkpoint's model, which is {kind}")
+    owner, family = family_for_model_type(model_type), family_of(cfg)  # the registry decides, per family
+    if family is not owner or not owner.converter_model_types[model_type](cfg):
+        raise ConversionError(f"--model-type-hf {model_type} does not match the checkpoint's model, which is "
+                              f"{family.describe(cfg)}")
 
 
 def _hf_model_config(opts: ConvertOptions) -> ModelConfig:
@@ -77,11 +79,19 @@ def target_layout(cfg: ModelConfig, opts: ConvertOptions) -> ShardLayout:
     return layout
 
 
+def _tied_output(cfg: ModelConfig) -> tuple[str, str] | None:
+    """(output, embedding) HF names when tie_word_embeddings ties them (the weight map's ``tied_names``),
+    None when untied. The converter's one definition of a tied HF output weight: optional on disk and
+    never written separately; when present it must have the embedding's shape (``_validate_hf``, from
+    the headers) and equal it (``_check_tied``, which reads both)."""
+    return None if cfg.untie_embeddings_and_output_weights else model_map(cfg).tied_names
+
+
 def _validate_hf(cfg: ModelConfig, source: HFDirSource) -> None:
     expected = expected_hf_keys(cfg)
-    tied_out = None if cfg.untie_embeddings_and_output_weights else "lm_head.weight"
+    tied = _tied_output(cfg)
     for name, info in source.infos.items():
-        want = expected.get("model.embed_tokens.weight" if name == tied_out else name)
+        want = expected.get(tied[1] if tied and name == tied[0] else name)
         if want is None:
             raise ConversionError(f"tensor {name!r} in {info.file} maps to no megatron-core tensor")
         if info.shape != tuple(want):
@@ -94,11 +104,13 @@ def _validate_hf(cfg: ModelConfig, source: HFDirSource) -> None:
 
 def _check_tied(cfg: ModelConfig, source: HFDirSource) -> None:
     """A tied lm_head present on disk must equal the embedding (it is not written separately)."""
-    if cfg.untie_embeddings_and_output_weights or "lm_head.weight" not in source.infos:
+    tied = _tied_output(cfg)
+    if tied is None or tied[0] not in source.infos:
         return
-    if not torch.equal(source.get("lm_head.weight"), source.get("model.embed_tokens.weight")):
-        raise ConversionError(f"tensor 'lm_head.weight' in {source.infos['lm_head.weight'].file}: embeddings are "
-                              f"tied (tie_word_embeddings) but it differs from model.embed_tokens.weight")
+    out, emb = tied
+    if not torch.equal(source.get(out), source.get(emb)):
+        raise ConversionError(f"tensor {out!r} in {source.infos[out].file}: embeddings are "
+                              f"tied (tie_word_embeddings) but it differs from {emb}")
     source.release()
 
 
@@ -124,7 +136,7 @@ def _write_mg(cfg, getter, release, layout: ShardLayout, opts: ConvertOptions, t
         progress.update(len(sd), nbytes)
         del sd
         release()
-    write_tracker(tmp, opts.iteration)  # last: a directory without it is not a checkpoint
+    write_latest(tmp, opts.iteration)  # last: a directory without it is not a checkpoint
 
 
 def _write_hf(cfg: ModelConfig, source, opts: ConvertOptions, tmp: Path, report: ConvertReport,

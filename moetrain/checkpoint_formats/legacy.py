@@ -1,34 +1,37 @@
-"""Megatron-LM's classic per-rank checkpoint layout (what ModelLink's converter writes).
+"""The per-rank Megatron format (iter_*/mp_rank_*/model_optim_rng.pt): Megatron-LM's classic
+checkpoint layout, what ModelLink's converter writes (this module's name, "legacy", is one of its aliases).
 
     <root>/latest_checkpointed_iteration.txt      "release" or the iteration number
     <root>/iter_0000001/                          (``release/`` when the tracker says "release")
         mp_rank_{tp:02d}[_{pp:03d}][_{ep:03d}]/model_optim_rng.pt
 
-Megatron adds the ``_{pp:03d}`` part only when PP > 1 and the ``_{ep:03d}`` part only when EP > 1;
-readers here accept both spellings. Each file is a plain dict of tensors and built-in types
-(loadable with ``weights_only=True``): ``model`` is the rank's local megatron-core state dict,
-``checkpoint_version`` / ``iteration`` follow Megatron-LM, and ``moetrain`` holds the ModelConfig
-dict and the shard layout, so a reader needs no flags to interpret it. Megatron-LM also pickles an
-``args`` Namespace, which ``weights_only`` refuses; it is deliberately not written.
+The pointer file and the ``iter_*`` naming are checkpoint_formats/directory.py's, shared with the
+trainer's torch_dist checkpoints. Megatron adds the ``_{pp:03d}`` part only when PP > 1 and the
+``_{ep:03d}`` part only when EP > 1; readers here accept both spellings. Each file is a plain dict of
+tensors and built-in types (loadable with ``weights_only=True``): ``model`` is the rank's local
+megatron-core state dict, ``checkpoint_version`` / ``iteration`` follow Megatron-LM, and ``moetrain``
+holds the ModelConfig dict and the shard layout, so a reader needs no flags to interpret it.
+Megatron-LM also pickles an ``args`` Namespace, which ``weights_only`` refuses; it is deliberately
+not written.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from moetrain.checkpoint_formats.directory import TRACKER_FILE, iter_dir_name, read_latest
 from moetrain.models.common.weight_map import RankCoord, ShardLayout
 
-TRACKER_FILE = "latest_checkpointed_iteration.txt"
 RANK_FILE = "model_optim_rng.pt"
 CHECKPOINT_VERSION = 3.0  # Megatron-LM's current value; readers only compare it to older versions
 
 
 class LegacyCheckpointError(ValueError):
-    """A missing, incomplete or inconsistent legacy checkpoint (the message names the path)."""
+    """A missing, incomplete or inconsistent checkpoint in the per-rank Megatron format (the message
+    names the path)."""
 
 
 @dataclass(frozen=True)
@@ -55,10 +58,6 @@ def layout_from_dict(d: dict) -> ShardLayout:
                        num_layer_list=tuple(nll) if nll else None, padded_vocab_size=d.get("padded_vocab_size"))
 
 
-def iter_dir_name(iteration: int | str) -> str:
-    return "release" if iteration == "release" else f"iter_{int(iteration):07d}"
-
-
 def rank_dir_name(coord: RankCoord, layout: ShardLayout) -> str:
     name = f"mp_rank_{coord.tp_rank:02d}"
     if layout.pp > 1:
@@ -78,27 +77,14 @@ def rank_file(iter_dir: str | Path, coord: RankCoord, layout: ShardLayout) -> Pa
 
 
 def read_tracker(root: str | Path) -> int | str:
-    tracker = Path(root) / TRACKER_FILE
-    if not tracker.is_file():
+    iteration = read_latest(root, allow_release=True, error=LegacyCheckpointError)
+    if iteration is None:
         raise LegacyCheckpointError(f"{root}: no {TRACKER_FILE}; not a Megatron checkpoint directory")
-    text = tracker.read_text().strip()
-    if text == "release":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise LegacyCheckpointError(f"{tracker}: expected 'release' or an iteration, found {text!r}") from None
-
-
-def write_tracker(root: str | Path, iteration: int | str) -> None:
-    path = Path(root) / TRACKER_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(str(iteration))
-    os.replace(tmp, path)
+    return iteration
 
 
 def is_legacy_checkpoint(load_dir: str | Path) -> bool:
-    """True when ``load_dir`` is a per-rank (``mp_rank_*``) checkpoint, not a dist-checkpoint."""
+    """True when ``load_dir`` is in the per-rank Megatron format (``mp_rank_*``), not a dist-checkpoint."""
     try:
         iteration = read_tracker(load_dir)
     except LegacyCheckpointError:
@@ -117,7 +103,7 @@ def _load(path: Path) -> dict:
 
 
 def read_legacy_meta(load_dir: str | Path) -> LegacyMeta:
-    """The moetrain metadata of a legacy checkpoint (read from rank (0, 0, 0)'s file)."""
+    """The moetrain metadata of a per-rank checkpoint (read from rank (0, 0, 0)'s file)."""
     iteration = read_tracker(load_dir)
     iter_dir = Path(load_dir) / iter_dir_name(iteration)
     if not iter_dir.is_dir():
@@ -140,7 +126,8 @@ def save_rank_checkpoint(save_dir: str | Path, coord: RankCoord, layout: ShardLa
                          extra: dict | None = None) -> Path:
     """Write one rank's ``model_optim_rng.pt`` under ``save_dir/iter_*/mp_rank_*``; returns the file.
 
-    The tracker file is not written here: the caller writes it once every rank is on disk.
+    The tracker file is not written here: the caller writes it (``directory.write_latest``) once every
+    rank is on disk.
     """
     path = Path(save_dir) / iter_dir_name(iteration) / rank_dir_name(coord, layout) / RANK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)

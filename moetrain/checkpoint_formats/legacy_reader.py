@@ -1,4 +1,4 @@
-"""Rank reader over a legacy per-rank checkpoint (memory-mapped ``model_optim_rng.pt`` files)."""
+"""Rank reader over the per-rank Megatron format (iter_*/mp_rank_*/model_optim_rng.pt), memory-mapped."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ class LegacyRankReader:
         self._inventory: dict[RankCoord, dict] = {}
         self.optimizer_ranks = 0  # rank files holding optimizer state
 
-    def _blob(self, coord: RankCoord) -> dict:
+    def rank_blob(self, coord: RankCoord) -> dict:
+        """The whole (memory-mapped) rank file of ``coord``: ``model`` and, when saved, optimizer state."""
         blob = self._open.get(coord)
         if blob is None:
             blob, path = open_rank_file(self.meta.iter_dir, coord, self.layout)
@@ -32,7 +33,7 @@ class LegacyRankReader:
     def inventory(self, coord: RankCoord) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         inv = self._inventory.get(coord)
         if inv is None:
-            blob = self._blob(coord)
+            blob = self.rank_blob(coord)
             inv = {}
             for name, t in blob["model"].items():
                 if name.endswith("._extra_state"):
@@ -46,10 +47,7 @@ class LegacyRankReader:
         return inv
 
     def tensor(self, coord: RankCoord, name: str) -> torch.Tensor:
-        return self._blob(coord)["model"][name]
-
-    def optimizer_blob(self, coord: RankCoord) -> dict | None:
-        return self._blob(coord).get("optimizer")
+        return self.rank_blob(coord)["model"][name]
 
     def release(self) -> None:
         self._open.clear()

@@ -6,7 +6,7 @@ for an expert), un-shards them with the weight map's rules and returns the HF te
 writes those tensors; mg -> mg feeds the same getter to ``hf_to_mcore`` for the target layout, so
 re-sharding is HF-shaped in the middle and exact (no arithmetic, only copies).
 
-Rank readers (legacy per-rank files, torch_dist directories) only list and return *local*
+Rank readers (the per-rank Megatron format, torch_dist directories) only list and return *local*
 megatron-core tensors; the checks here are format-independent: before anything is read, every
 rank's tensors must be exactly the ones the layout predicts, with the predicted shapes.
 Replicas (a replicated tensor on TP ranks > 0, a non-expert tensor on EP ranks > 0, the tied

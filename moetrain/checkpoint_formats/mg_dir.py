@@ -1,22 +1,24 @@
-"""Open a Megatron checkpoint directory of either format and say what it holds.
+"""Open a Megatron checkpoint directory (``--load-model-type mg``) of either format and say what it holds.
 
-    legacy      <root>/latest_checkpointed_iteration.txt + iter_*/mp_rank_*/model_optim_rng.pt
+    legacy      the per-rank Megatron format (iter_*/mp_rank_*/model_optim_rng.pt), with
+                <root>/latest_checkpointed_iteration.txt
     torch_dist  <root>/latest_checkpointed_iteration.txt + iter_*/{.metadata, *.distcp, moetrain.json}
                 (the trainer's format), or an ``iter_*`` directory itself
+
+The pointer file, ``iter_*`` naming and ``moetrain.json`` are checkpoint_formats/directory.py's.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from moetrain.checkpoint_formats.directory import META_FILE, iter_dir_name, read_meta
 from moetrain.checkpoint_formats.errors import ConversionError
 from moetrain.checkpoint_formats.legacy import (
     LegacyCheckpointError,
     is_legacy_checkpoint,
-    iter_dir_name,
     read_legacy_meta,
     read_tracker,
 )
@@ -33,7 +35,7 @@ _OPTIM_KEYS = ("optimizer", "opt_param_scheduler", "rng_state")
 class MegatronCheckpoint:
     cfg: ModelConfig
     reader: LegacyRankReader | TorchDistRankReader
-    kind: str  # "legacy" | "torch_dist"
+    kind: str  # "legacy" (the per-rank Megatron format) | "torch_dist"
 
     def _optimizer_count(self) -> tuple[int, str]:
         if isinstance(self.reader, LegacyRankReader):
@@ -53,12 +55,13 @@ class MegatronCheckpoint:
             return None
         if self.kind != "legacy" or target != self.reader.layout:
             raise ConversionError("--keep-optimizer: optimizer state can only be copied to the same layout from a "
-                                  "per-rank checkpoint; re-sharding it is not supported. Use --drop-optimizer, or "
+                                  "checkpoint in the per-rank Megatron format (iter_*/mp_rank_*/model_optim_rng.pt); "
+                                  "re-sharding it is not supported. Use --drop-optimizer, or "
                                   "load the trainer's torch_dist checkpoint with the new layout (it re-shards on load)")
         reader = self.reader
 
         def extra(coord: RankCoord) -> dict:
-            blob = reader._blob(coord)
+            blob = reader.rank_blob(coord)
             return {k: blob[k] for k in _OPTIM_KEYS if k in blob}
 
         return extra
@@ -86,15 +89,15 @@ def open_megatron(load_dir: Path, flavor: str | None) -> MegatronCheckpoint:
         raise ConversionError(str(e)) from None
     ckpt = _torch_dist_dir(load_dir)
     if ckpt is None:
-        raise ConversionError(f"--load-dir {load_dir}: neither a per-rank Megatron checkpoint (mp_rank_*) nor a "
-                              f"dist-checkpoint (.metadata)")
-    meta_file = ckpt / "moetrain.json"
-    if meta_file.is_file():
-        cfg = ModelConfig(**json.loads(meta_file.read_text())["model_config"])
+        raise ConversionError(f"--load-dir {load_dir}: neither the per-rank Megatron format "
+                              f"(iter_*/mp_rank_*/model_optim_rng.pt) nor a dist-checkpoint (.metadata)")
+    meta = read_meta(ckpt)
+    if meta is not None:
+        cfg = ModelConfig(**meta["model_config"])
     elif flavor:
         cfg = get_flavor(flavor)
     else:
-        raise ConversionError(f"{ckpt}: no moetrain.json; give the architecture with --model <flavor>")
+        raise ConversionError(f"{ckpt}: no {META_FILE}; give the architecture with --model <flavor>")
     probe = TorchDistRankReader(ckpt, padded_vocab_size=cfg.vocab_size)
     emb = probe.tensors.get("embedding.word_embeddings.weight")
     if emb is None:

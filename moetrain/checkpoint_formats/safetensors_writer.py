@@ -103,9 +103,6 @@ class StreamingSafetensorsWriter:
             self._file.close()
             self._file = None
 
-    def next_name(self) -> str | None:
-        return self._queue[self._pos][1].name if self._pos < len(self._queue) else None
-
     def add(self, name: str, tensor: torch.Tensor) -> None:
         if self._pos >= len(self._queue):
             raise ConversionError(f"tensor {name!r} was produced but is not in the output plan")

@@ -79,7 +79,7 @@ class _RegionPlanner(LoadPlanner):
 class TorchDistRankReader:
     def __init__(self, ckpt_dir: str | Path, padded_vocab_size: int) -> None:
         self.dir = Path(ckpt_dir)
-        self.layout = ShardLayout(1, 1, 1, None, padded_vocab_size)
+        self.layout = ShardLayout(padded_vocab_size=padded_vocab_size)
         self._storage = FileSystemReader(str(self.dir))
         try:
             self.metadata = self._storage.read_metadata()

@@ -9,15 +9,16 @@ Layout under ``--save``::
 
 Atomicity: every rank writes into ``.tmp_iter_0000010``; only when all shards are on disk does
 rank 0 add ``moetrain.json``, rename the directory into place and then replace the pointer file
-(write + fsync + ``os.replace``). A save interrupted at any point therefore leaves the pointer on
-the previous, complete checkpoint. Model and optimizer state are ShardedTensors keyed by their
-global (unsharded) identity, so a checkpoint loads into another TP / PP / EP / DP layout; the
-distributed optimizer uses the ``fully_sharded_model_space`` format for the same reason.
+(write + fsync + ``os.replace`` + fsync of the directory). A save interrupted at any point therefore
+leaves the pointer on the previous, complete checkpoint. Model and optimizer state are ShardedTensors
+keyed by their global (unsharded) identity, so a checkpoint loads into another TP / PP / EP / DP
+layout; the distributed optimizer uses the ``fully_sharded_model_space`` format for the same reason.
+The pointer, the ``iter_*`` naming and ``moetrain.json`` are checkpoint_formats/directory.py's,
+shared with the per-rank Megatron format (iter_*/mp_rank_*/model_optim_rng.pt) the converter writes.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -28,13 +29,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-# Megatron's directory naming (iter_0000010/, latest_checkpointed_iteration.txt), shared with the
-# per-rank format that convert_ckpt.py writes.
-from moetrain.checkpoint_formats.legacy import TRACKER_FILE, iter_dir_name
+from moetrain import megatron_patches
+from moetrain.checkpoint_formats import directory
+
+# read_latest(root): the pointer's iteration, None when there is none (ConfigError on anything else,
+# "release" included). These names are part of this module's interface (validate.py, tests).
+from moetrain.checkpoint_formats.directory import META_FILE, TRACKER_FILE, iter_dir_name, read_latest
 from moetrain.config import ConfigError
 from moetrain.models.config import ModelConfig
 
-META_FILE = "moetrain.json"
 # Fields that do not change the shape or meaning of the weights (training-time choices).
 NON_ARCH_FIELDS = {"name", "seq_length", "hf_architecture", "published_params", "extra", "moe_aux_loss_coeff",
                    "moe_z_loss_coeff", "moe_expert_capacity_factor"}
@@ -49,23 +52,12 @@ class TrainState:
     consumed_train_samples: int = 0
 
 
-def read_latest(root: str | Path) -> int | None:
-    """The iteration named by the pointer file, or None when ``root`` holds no checkpoint."""
-    tracker = Path(root) / TRACKER_FILE
-    if not tracker.is_file():
-        return None
-    text = tracker.read_text().strip()
-    try:
-        return int(text)
-    except ValueError:
-        raise ConfigError(f"{tracker}: expected an iteration number, found {text!r}") from None
-
-
 def read_meta(root: str | Path, iteration: int) -> dict:
-    path = Path(root) / iter_dir_name(iteration) / META_FILE
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {path.parent} has no {META_FILE}; it was not written by moetrain-pretrain")
-    return json.loads(path.read_text())
+    ckpt = Path(root) / iter_dir_name(iteration)
+    meta = directory.read_meta(ckpt)
+    if meta is None:
+        raise ConfigError(f"checkpoint {ckpt} has no {META_FILE}; it was not written by moetrain-pretrain")
+    return meta
 
 
 def check_compatible(saved_model: dict, model: ModelConfig, where: str) -> None:
@@ -79,7 +71,7 @@ def check_compatible(saved_model: dict, model: ModelConfig, where: str) -> None:
 
 
 # ---------------------------------------------------------------- state dicts
-def _unwrap(model) -> list:
+def unwrap_model_chunks(model) -> list:
     """The bare GPTModels under DDP / Float16Module: checkpoint keys are theirs (Megatron-LM does
     the same), so a checkpoint does not depend on the wrappers used to train."""
     bare = []
@@ -106,33 +98,6 @@ def _init_empty_optimizer_states(optimizer) -> None:
                 group["lr"] = lr
 
 
-def _skip_step_in_state_copy() -> None:
-    """megatron-core 0.16 bug without Apex / TE (torch Adam): loading a ``fully_reshardable``
-    distributed-optimizer state copies every key of the param's Adam state, including ``step``,
-    which the checkpoint tensors do not carry (step is restored separately) -> KeyError. Hide
-    ``step`` during that copy. Applied once; a no-op for states without ``step``."""
-    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
-
-    original = DistributedOptimizer._set_main_param_and_optimizer_states
-    if getattr(original, "_moetrain_patched", False):
-        return
-
-    def set_states(self, model_param, tensors):
-        if "step" in tensors or self.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8:
-            return original(self, model_param, tensors)
-        group_index, group_order = self.model_param_group_index_map[model_param]
-        state = self.optimizer.state[self.optimizer.param_groups[group_index]["params"][group_order]]
-        step = state.pop("step", None)
-        try:
-            original(self, model_param, tensors)
-        finally:
-            if step is not None:
-                state["step"] = step
-
-    set_states._moetrain_patched = True
-    DistributedOptimizer._set_main_param_and_optimizer_states = set_states
-
-
 def _unshare_adam_steps(optimizer) -> None:
     """megatron-core 0.16 without Apex / TE gives every param of a DistributedOptimizer the *same*
     ``step`` tensor on load; torch Adam increments it in place once per param, so the bias
@@ -148,7 +113,7 @@ def _unshare_adam_steps(optimizer) -> None:
 
 def _sharded_state_dict(model, optimizer, scheduler, state: TrainState | None, with_optim: bool,
                         is_loading: bool) -> dict:
-    model = _unwrap(model)
+    model = unwrap_model_chunks(model)
     sd: dict = {}
     if len(model) == 1:
         sd["model"] = model[0].sharded_state_dict(metadata=SHARDING_METADATA)
@@ -183,15 +148,6 @@ def _set_rng_state(states: dict) -> None:
     tp_random.get_cuda_rng_tracker().set_states(states["tracker"])
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------- save
 def save_checkpoint(root: str | Path, state: TrainState, model, optimizer, scheduler, meta: dict,
                     save_optim: bool = True, keep_last_k: int | None = None) -> Path:
@@ -221,7 +177,7 @@ def save_checkpoint(root: str | Path, state: TrainState, model, optimizer, sched
 
 def _finalize(root: Path, tmp: Path, final: Path, meta: dict, keep_last_k: int | None) -> None:
     """Rank 0: make a fully written temp dir the checkpoint, then move the pointer (last)."""
-    _write_atomic(tmp / META_FILE, json.dumps(meta, indent=2, default=str))
+    directory.write_meta(tmp, meta)
     if final.exists():  # re-saving an iteration: never leave a moment with neither copy on disk
         old = root / f".old_{final.name}"
         shutil.rmtree(old, ignore_errors=True)
@@ -230,7 +186,7 @@ def _finalize(root: Path, tmp: Path, final: Path, meta: dict, keep_last_k: int |
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _write_atomic(root / TRACKER_FILE, str(meta["iteration"]))
+    directory.write_latest(root, meta["iteration"])
     _prune(root, keep_last_k)
 
 
@@ -261,8 +217,10 @@ def load_checkpoint(root: str | Path, model, optimizer, scheduler, *, load_optim
     load_optim = load_optim and not finetune and meta.get("has_optimizer", True)
     sd = _sharded_state_dict(model, optimizer, scheduler, None, load_optim, is_loading=True)
     loaded = dist_checkpointing.load(sd, str(ckpt))
-    _skip_step_in_state_copy()
-    for i, chunk in enumerate(_unwrap(model)):
+    # megatron-core 0.16 bug without Apex / TE: the fully_reshardable optimizer-state copy expects
+    # Adam's ``step`` in the checkpoint tensors (see megatron_patches.PATCHES).
+    megatron_patches.apply("distrib-optimizer-state-copy-without-step")
+    for i, chunk in enumerate(unwrap_model_chunks(model)):
         chunk.load_state_dict(loaded["model" if len(model) == 1 else f"model{i}"], strict=True)
     if load_optim:
         optimizer.load_state_dict(loaded["optimizer"])

@@ -1,4 +1,5 @@
-"""Loading a converted checkpoint: Megatron's per-rank layout that ckpt_converters/convert_ckpt.py writes.
+"""Loading a converted checkpoint: the per-rank Megatron format (iter_*/mp_rank_*/model_optim_rng.pt)
+that ckpt_converters/convert_ckpt.py writes ("converted" is this module's alias for that format).
 
 Such a checkpoint holds model weights only (no optimizer, scheduler, RNG or data position), already
 sharded for one TP / PP / EP layout: training starts at iteration 0 from those weights, like
@@ -40,8 +41,9 @@ def check_converted(root: str | Path, model_cfg: ModelConfig, dims) -> None:
             f"--load-dir {root} --save-dir <new dir> --target-tensor-parallel-size {dims.tp} "
             f"--target-pipeline-parallel-size {dims.pp} --target-expert-parallel-size {dims.ep}")
     if dims.vpp and dims.vpp > 1:
-        raise ConfigError(f"--load {root} is a converted (per-rank) checkpoint; it cannot be loaded with virtual "
-                          f"pipeline stages — drop --num-layers-per-virtual-pipeline-stage or load a trainer checkpoint")
+        raise ConfigError(f"--load {root} is in the per-rank Megatron format (iter_*/mp_rank_*/model_optim_rng.pt); "
+                          f"it cannot be loaded with virtual pipeline stages — drop "
+                          f"--num-layers-per-virtual-pipeline-stage or load a trainer checkpoint")
 
 
 def load_converted_weights(root: str | Path, model_chunks: list, optimizer, dims, padded_vocab: int) -> None:
@@ -59,7 +61,7 @@ def load_converted_weights(root: str | Path, model_chunks: list, optimizer, dims
         state_dict, _ = load_rank_state_dict(root, coord, layout)
     except LegacyCheckpointError as e:
         raise ConfigError(f"--load {root}: {e}") from None
-    (chunk,) = checkpointing._unwrap(model_chunks)
+    (chunk,) = checkpointing.unwrap_model_chunks(model_chunks)
     missing, unexpected = chunk.load_state_dict(state_dict, strict=False)
     missing = [k for k in missing if not k.endswith("_extra_state")]
     if missing or unexpected:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 METRIC_KEYS = ("iteration", "lm_loss", "aux_loss", "lr", "grad_norm", "skipped_iters", "nan_iters", "step_time_s",
                "tokens_per_sec_per_device", "tflops_per_device", "mfu", "mem_peak_gb")
+# Fine-tuning adds these (after METRIC_KEYS): tokens/s/p then counts real (non-pad) tokens only.
+SFT_METRIC_KEYS = ("trained_tokens_per_sec", "padding_fraction")
 RUN_INFO_KEYS = ("model", "model_config", "device", "device_name", "world_size", "tp", "pp", "ep", "dp",
                  "global_batch_size", "micro_batch_size", "seq_length", "dtype")
 
@@ -82,10 +84,12 @@ class RunLogger:
             print(text, flush=True)
 
     def metrics(self, record: dict) -> None:
-        """One metrics.jsonl line (keys exactly METRIC_KEYS), a console line and TensorBoard scalars."""
+        """One metrics.jsonl line (keys exactly METRIC_KEYS, then SFT_METRIC_KEYS when given), a console
+        line and TensorBoard scalars."""
         if not self.writer:
             return
-        record = {k: _finite_or_none(record.get(k)) for k in METRIC_KEYS}
+        keys = METRIC_KEYS + tuple(k for k in SFT_METRIC_KEYS if k in record)
+        record = {k: _finite_or_none(record.get(k)) for k in keys}
         if record["lm_loss"] is None:
             record["lm_loss"] = None  # JSON has no NaN: a skipped NaN step logs null
         with open(self.log_dir / "metrics.jsonl", "a") as f:
@@ -103,9 +107,12 @@ class RunLogger:
             f"tokens/s/p {_fmt(record['tokens_per_sec_per_device'], '.1f')} | "
             f"TFLOPS {_fmt(record['tflops_per_device'], '.3g')} | MFU {_fmt(record['mfu'], '.2%')} | "
             f"mem {_fmt(record['mem_peak_gb'], '.2f')} GB | skipped {record['skipped_iters']} "
-            f"nan {record['nan_iters']} | ETA {eta / 60:.1f} min")
+            f"nan {record['nan_iters']} | "
+            + (f"trained tokens/s {_fmt(record['trained_tokens_per_sec'], '.1f')} | "
+               f"padding {_fmt(record['padding_fraction'], '.1%')} | " if "padding_fraction" in record else "")
+            + f"ETA {eta / 60:.1f} min")
         if self._tb is not None:
-            for key in METRIC_KEYS[1:]:
+            for key in keys[1:]:
                 if isinstance(record[key], (int, float)):
                     self._tb.add_scalar(f"train/{key}", record[key], it)
 

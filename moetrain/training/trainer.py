@@ -78,9 +78,11 @@ class DataProvider(abc.ABC):
         # Looked up at call time so tests that patch step._loss_func still reach pretraining's loss.
         return step_mod.forward_step(data_iterator, model)
 
-    def extra_metrics(self, trainer: Trainer, result: StepResult) -> dict:
-        """More values for a metrics record (e.g. SFT's trained-token count). run_log writes only
-        its METRIC_KEYS schema, so a new key also needs adding there to reach metrics.jsonl."""
+    def extra_metrics(self, trainer: Trainer, result: StepResult, seconds: float, steps: int) -> dict:
+        """Values that replace or extend a metrics record over an interval of ``steps`` steps that
+        took ``seconds`` (SFT: throughput over real tokens). Called on every rank (collectives are
+        allowed); run_log writes METRIC_KEYS and SFT_METRIC_KEYS."""
+        del trainer, result, seconds, steps
         return {}
 
 
@@ -117,7 +119,9 @@ def build_model_and_optimizer(run: ResolvedRun, batch_p2p_comm: bool):
                              recompute_granularity=t.recompute_granularity, recompute_method=t.recompute_method,
                              recompute_num_layers=t.recompute_num_layers,
                              moe_token_dispatcher_type=t.moe_token_dispatcher_type, init_method_std=t.init_method_std,
-                             batch_p2p_comm=batch_p2p_comm)
+                             batch_p2p_comm=batch_p2p_comm,
+                             calculate_per_token_loss=run.cfg.sft.is_instruction_dataset,
+                             variable_seq_lengths=run.cfg.sft.variable_seq_lengths and run.dims.pp > 1)
     tf_config = build_transformer_config(run.model_cfg, run.dims, options)
     padded = padded_vocab_size(run.model_cfg.vocab_size, run.dims.tp)
     chunks = build_model_chunks(run.model_cfg, tf_config, padded)
@@ -273,7 +277,7 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": result.grad_norm,
             "skipped_iters": interval.skipped, "nan_iters": interval.nan, "step_time_s": step_s,
             **throughput.metrics(step_s), "mem_peak_gb": self.backend.memory_stats().to_gb()["peak_allocated"],
-            **self.data.extra_metrics(self, result)})
+            **self.data.extra_metrics(self, result, interval.time, interval.steps)})
 
     def _throughput(self) -> Throughput:
         from moetrain.training.flops import flops_per_iteration

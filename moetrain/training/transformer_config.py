@@ -36,6 +36,11 @@ class RuntimeOptions:
     init_method_std: float = 0.02
     # A backend capability, passed in by the caller (gloo matches batched PP messages wrongly).
     batch_p2p_comm: bool = True
+    # SFT: losses are token sums, divided by the trained tokens of the whole global batch (across
+    # micro-batches and DP) in finalize_model_grads, not a mean per micro-batch.
+    calculate_per_token_loss: bool = False
+    # Micro-batches of different lengths (SFT --variable-seq-lengths): pipeline p2p sends shapes first.
+    variable_seq_lengths: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -122,6 +127,8 @@ def build_transformer_config(cfg: ModelConfig, dims: ParallelDims, options: Runt
         expert_tensor_parallel_size=dims.expert_tp,
         sequence_parallel=dims.sequence_parallel,
         batch_p2p_comm=options.batch_p2p_comm,
+        calculate_per_token_loss=options.calculate_per_token_loss,
+        variable_seq_lengths=options.variable_seq_lengths,
         **layout,
         **moe,
         **recompute,

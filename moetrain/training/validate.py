@@ -66,14 +66,33 @@ def _dims(cfg: PretrainConfig, world_size: int, num_layers: int, dist_backend: s
 
 
 def _check_data(cfg: PretrainConfig) -> None:
+    from moetrain.training.sft_data import is_instruction_data
+
     paths, _ = cfg.data.blend()
     for prefix in paths:
+        if is_instruction_data(prefix):
+            raise ConfigError(f"--data-path {prefix} is an instruction dataset (input_ids / labels / attention_mask "
+                              "from an *InstructionHandler): fine-tune on it with moetrain.finetune.sft, or add "
+                              "--is-instruction-dataset")
         missing = [s for s in (".bin", ".idx") if not Path(prefix + s).is_file()]
         if missing:
             raise ConfigError(f"--data-path {prefix}: {' and '.join(prefix + s for s in missing)} not found "
                               "(give the prefix written by tools/preprocess_data.py, e.g. data/corpus_text_document)")
     # An empty split would make megatron-core's GPTDataset loop forever, silently.
     check_splits(paths, cfg.data.split)
+
+
+def _check_instruction_data(cfg: PretrainConfig, seq_length: int) -> None:
+    from moetrain.training.data_splits import split_counts
+    from moetrain.training.sft_data import check_instruction_data
+
+    paths, weights = cfg.data.blend()
+    if len(paths) != 1 or weights is not None:
+        raise ConfigError("--is-instruction-dataset takes one --data-path (the preprocessor's --output-prefix); "
+                          "blend instruction sets at preprocessing time")
+    info = check_instruction_data(paths[0], seq_length, cfg.sft.prompt_type)
+    if not split_counts(info.rows, cfg.data.split)[0]:
+        raise ConfigError(f"--split {cfg.data.split} leaves no training samples of the {info.rows} in {info.prefix}")
 
 
 def _tokenizer(cfg: PretrainConfig):
@@ -132,7 +151,9 @@ def resolve(cfg: PretrainConfig, world_size: int, dist_backend: str = "gloo") ->
     schedule_iters(cfg.optimizer, t.train_iters)
     if cfg.data.eval_interval < 1:
         raise ConfigError("--eval-interval must be >= 1")
-    if t.train_iters > 0:
+    if t.train_iters > 0 and cfg.sft.is_instruction_dataset:
+        _check_instruction_data(cfg, model_cfg.seq_length)
+    elif t.train_iters > 0:
         _check_data(cfg)  # last: the files and their content
     return ResolvedRun(cfg=cfg, model_cfg=model_cfg, dims=dims, seq_length=model_cfg.seq_length,
                        num_microbatches=num_microbatches, tokenizer=tokenizer, log_dir=log_dir_for(cfg),
