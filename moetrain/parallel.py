@@ -15,7 +15,14 @@ if TYPE_CHECKING:  # the layout needs only a model's shape; no import of the mod
 
 
 class LayoutError(ValueError):
-    """A parallel layout that cannot work; the message names the flags involved."""
+    """A parallel layout that cannot work; the message names the flags involved (the trainer's
+    Megatron names; another tool renames them to its own with ``with_flags``)."""
+
+    def with_flags(self, names: dict[str, str]) -> LayoutError:
+        text = str(self)
+        for ours, theirs in names.items():
+            text = text.replace(ours, theirs)
+        return LayoutError(text)
 
 
 def parse_num_layer_list(text: str | None) -> tuple[int, ...] | None:

@@ -69,9 +69,7 @@ def _hf_model_config(opts: ConvertOptions) -> ModelConfig:
 
 
 def target_layout(cfg: ModelConfig, opts: ConvertOptions) -> ShardLayout:
-    layout = ShardLayout(tp=opts.tp, pp=opts.pp, ep=opts.ep, num_layer_list=opts.num_layer_list,
-                         padded_vocab_size=padded_vocab_size(cfg.vocab_size, opts.tp,
-                                                             opts.make_vocab_size_divisible_by))
+    layout = opts.target_layout(padded_vocab_size(cfg.vocab_size, opts.tp, opts.make_vocab_size_divisible_by))
     try:
         expected_mcore_keys(cfg, layout, all_coords(layout)[0])  # validates the layout against the model
     except WeightMapError as e:

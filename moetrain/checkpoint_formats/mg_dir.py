@@ -82,7 +82,7 @@ def open_megatron(load_dir: Path, flavor: str | None) -> MegatronCheckpoint:
     try:
         if is_legacy_checkpoint(load_dir):
             meta = read_legacy_meta(load_dir)
-            cfg = ModelConfig(**meta.model_config)
+            cfg = ModelConfig.from_dict(meta.model_config)
             reader = LegacyRankReader(meta)
             return MegatronCheckpoint(cfg, reader, "legacy")
     except LegacyCheckpointError as e:
@@ -93,7 +93,7 @@ def open_megatron(load_dir: Path, flavor: str | None) -> MegatronCheckpoint:
                               f"(iter_*/mp_rank_*/model_optim_rng.pt) nor a dist-checkpoint (.metadata)")
     meta = read_meta(ckpt)
     if meta is not None:
-        cfg = ModelConfig(**meta["model_config"])
+        cfg = ModelConfig.from_dict(meta["model_config"])
     elif flavor:
         cfg = get_flavor(flavor)
     else:

@@ -8,8 +8,16 @@ from pathlib import Path
 import torch
 
 from moetrain.checkpoint_formats.errors import ConversionError
+from moetrain.models.common.weight_map import ShardLayout
+from moetrain.models.registry import converter_model_types
+from moetrain.parallel import LayoutError
 
-MODEL_TYPES = ("grok1", "llama2", "llama3", "mixtral")
+# --model-type-hf values: each family declares its own (moetrain/models/<family>/family.py).
+MODEL_TYPES = converter_model_types()
+# The layout rules are the trainer's (ParallelDims); the converter's flags name the target layout.
+TARGET_FLAGS = {"--tensor-model-parallel-size": "--target-tensor-parallel-size",
+                "--pipeline-model-parallel-size": "--target-pipeline-parallel-size",
+                "--expert-model-parallel-size": "--target-expert-parallel-size"}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
@@ -44,18 +52,21 @@ class ConvertOptions:
                 raise ConversionError(f"{flag} must be 'hf' or 'mg', got {value!r}")
         if self.load_model_type == "hf" and self.save_model_type == "hf":
             raise ConversionError("hf -> hf is not a conversion; use --save-model-type mg")
-        for flag, value in (("--target-tensor-parallel-size", self.tp), ("--target-pipeline-parallel-size", self.pp),
-                            ("--target-expert-parallel-size", self.ep),
-                            ("--make-vocab-size-divisible-by", self.make_vocab_size_divisible_by)):
-            if value < 1:
-                raise ConversionError(f"{flag} must be >= 1, got {value}")
-        if self.num_layer_list is not None and len(self.num_layer_list) != self.pp:
-            raise ConversionError(f"--num-layer-list has {len(self.num_layer_list)} entries but "
-                                  f"--target-pipeline-parallel-size is {self.pp}")
+        if self.make_vocab_size_divisible_by < 1:
+            raise ConversionError(f"--make-vocab-size-divisible-by must be >= 1, got {self.make_vocab_size_divisible_by}")
+        try:
+            self.target_layout()
+        except LayoutError as e:
+            raise e.with_flags(TARGET_FLAGS) from None
         if self.params_dtype is not None and self.params_dtype not in DTYPES:
             raise ConversionError(f"--params-dtype must be one of {', '.join(DTYPES)}, got {self.params_dtype!r}")
         if self.save_model_type == "hf" and self.keep_optimizer:
             raise ConversionError("--keep-optimizer: a Hugging Face checkpoint holds no optimizer state")
+
+    def target_layout(self, padded_vocab_size: int | None = None) -> ShardLayout:
+        """The layout to shard for: the one layout type, with the trainer's rules."""
+        return ShardLayout(tp=self.tp, pp=self.pp, ep=self.ep, num_layer_list=self.num_layer_list,
+                           padded_vocab_size=padded_vocab_size)
 
     @property
     def dtype(self) -> torch.dtype | None:

@@ -40,6 +40,10 @@ def check_converted(root: str | Path, model_cfg: ModelConfig, dims) -> None:
             f"python ckpt_converters/convert_ckpt.py --model-type-hf <type> --load-model-type mg --save-model-type mg "
             f"--load-dir {root} --save-dir <new dir> --target-tensor-parallel-size {dims.tp} "
             f"--target-pipeline-parallel-size {dims.pp} --target-expert-parallel-size {dims.ep}")
+    if dims.expert_tp != saved.expert_tp and model_cfg.is_moe:
+        raise ConfigError(f"--load {root} holds experts sharded over EP only (expert-TP {saved.expert_tp}) but this "
+                          f"run uses expert-TP {dims.expert_tp} (the default on this backend is TP); add "
+                          f"--expert-tensor-parallel-size {saved.expert_tp}")
     if dims.vpp and dims.vpp > 1:
         raise ConfigError(f"--load {root} is in the per-rank Megatron format (iter_*/mp_rank_*/model_optim_rng.pt); "
                           f"it cannot be loaded with virtual pipeline stages — drop "
