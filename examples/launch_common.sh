@@ -10,9 +10,10 @@ MASTER_ADDR=${MASTER_ADDR:-localhost}
 MASTER_PORT=${MASTER_PORT:-6000}
 PYTHON=${PYTHON:-python}
 
-# moetrain_launch ARGS...: torchrun (via the interpreter, so an un-activated venv works) of moetrain.pretrain.
+# moetrain_launch ARGS...: torchrun (via the interpreter, so an un-activated venv works) of moetrain.pretrain,
+# or of the module a recipe sets in MOETRAIN_MODULE (moetrain.finetune.sft for the tune_* recipes).
 moetrain_launch() {
     "$PYTHON" -m torch.distributed.run --nproc-per-node "$GPUS_PER_NODE" --nnodes "$NNODES" \
         --node-rank "$NODE_RANK" --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" \
-        -m moetrain.pretrain "$@"
+        -m "${MOETRAIN_MODULE:-moetrain.pretrain}" "$@"
 }

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_recipes import RECIPES, REPO, _recorded_launch  # tests/ is on sys.path under pytest
+from test_recipes import RECIPES, REPO, _recorded_launch, stand_in_user_files  # tests/ is on sys.path under pytest
 
 from moetrain.models.param_count import parameters_per_rank
 from moetrain.parallel import default_expert_tp
@@ -23,8 +23,7 @@ BIG = [r for r in RECIPES if "tiny" not in r.stem]
 def _trainer_run(recipe: Path, tmp_path: Path, monkeypatch, dist_backend: str):
     flags, launcher = _recorded_launch(recipe, tmp_path)
     world = int(launcher["--nproc-per-node"]) * int(launcher["--nnodes"])
-    monkeypatch.setattr(validate, "_check_data", lambda cfg: None)
-    monkeypatch.setattr(validate, "_tokenizer", lambda cfg: None)
+    stand_in_user_files(monkeypatch)
     return validate.resolve(parse_args(flags), world_size=world, dist_backend=dist_backend)
 
 
@@ -48,7 +47,11 @@ def _per_rank(cfg, dims):
 def test_trainer_and_planner_agree_on_accelerators(recipe, tmp_path, monkeypatch):
     run = _trainer_run(recipe, tmp_path, monkeypatch, "nccl")
     layout = _planner_layout(run)
-    assert run.dims.expert_tp == layout.expert_tp == default_expert_tp(run.dims.tp, "nccl") == run.dims.tp
+    asked = run.cfg.parallel.expert_tensor_parallel_size  # a recipe may set it (tune_*: expert-TP 1)
+    expected = asked if asked is not None else default_expert_tp(run.dims.tp, "nccl")
+    assert run.dims.expert_tp == layout.expert_tp == expected
+    if asked is None:
+        assert expected == run.dims.tp
     assert (layout.tp, layout.pp, layout.ep, layout.dp, layout.expert_dp) == (
         run.dims.tp, run.dims.pp, run.dims.ep, run.dims.dp, run.dims.expert_dp)
     assert _per_rank(run.model_cfg, layout) == _per_rank(run.model_cfg, run.dims)

@@ -20,7 +20,8 @@ from moetrain.training import validate
 from moetrain.training.cli import parse_args
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = sorted(p.relative_to(REPO) for p in (REPO / "examples").glob("*/pretrain_*.sh"))
+RECIPES = sorted(p.relative_to(REPO) for pattern in ("*/pretrain_*.sh", "*/tune_*.sh")
+                 for p in (REPO / "examples").glob(pattern))
 
 STUB = """import json, os, sys
 with open(os.environ["RECORD"], "w") as f:
@@ -42,7 +43,22 @@ def _recorded_launch(recipe: Path, tmp_path: Path) -> tuple[list[str], dict]:
     argv = json.loads(record.read_text())
     # [-m torch.distributed.run, --nproc-per-node N, --nnodes M, ..., -m moetrain.pretrain, flags...]
     launcher = dict(zip(argv[2:argv.index("-m", 2):2], argv[3:argv.index("-m", 2):2]))
-    return argv[argv.index("moetrain.pretrain") + 1:], launcher
+    module = argv.index("-m", 2) + 1  # moetrain.pretrain or moetrain.finetune.sft
+    assert argv[module] in ("moetrain.pretrain", "moetrain.finetune.sft"), argv[module]
+    flags = argv[module + 1:]
+    if argv[module] == "moetrain.finetune.sft" and "--is-instruction-dataset" not in flags:
+        flags.append("--is-instruction-dataset")  # what moetrain.finetune.sft adds
+    return flags, launcher
+
+
+def stand_in_user_files(monkeypatch) -> None:
+    """The user's corpus, tokenizer and (for tune_* recipes) converted checkpoint: only their
+    presence and shape are checked at launch, so they are stood in for."""
+    monkeypatch.setattr(validate, "_check_data", lambda cfg: None)
+    monkeypatch.setattr(validate, "_check_instruction_data", lambda cfg, seq_length: None)
+    monkeypatch.setattr(validate, "_tokenizer", lambda cfg: None)
+    monkeypatch.setattr(validate.converted_load, "is_converted_checkpoint", lambda root: True)
+    monkeypatch.setattr(validate.converted_load, "check_converted", lambda root, model_cfg, dims: None)
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
@@ -50,9 +66,7 @@ def test_recipe_configuration_is_valid(recipe, tmp_path, monkeypatch):
     flags, launcher = _recorded_launch(recipe, tmp_path)
     world = int(launcher["--nproc-per-node"]) * int(launcher["--nnodes"])
     cfg = parse_args(flags)
-    # The user's corpus and tokenizer: only their presence is checked at launch.
-    monkeypatch.setattr(validate, "_check_data", lambda cfg: None)
-    monkeypatch.setattr(validate, "_tokenizer", lambda cfg: None)
+    stand_in_user_files(monkeypatch)
     run = validate.resolve(cfg, world_size=world)
     assert run.dims.world_size == world
     assert run.num_microbatches >= 1

@@ -7,7 +7,9 @@ On a fresh clone, on CPU (8 gloo ranks, one thread each), in about five minutes:
   3. train a tiny Grok-1-style MoE with TP2 x PP2 x DP2, EP2, sequence parallel and the distributed
      optimizer through examples/tiny/pretrain_grok1_tiny.sh (torchrun), saving a checkpoint;
   4. resume from that checkpoint for a few more iterations (a second torchrun with --load);
-  5. print first vs last loss and a throughput summary.
+  5. fine-tune it (full-parameter SFT) on a small instruction set the demo writes itself, packed,
+     through examples/tiny/tune_grok1_tiny.sh (moetrain.finetune.sft, --finetune from step 3's checkpoint);
+  6. print first vs last loss and a throughput summary.
 Everything goes under demo_out/ (gitignored).
 """
 
@@ -27,7 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 OUT = REPO / "demo_out"
 RECIPE = REPO / "examples" / "tiny" / "pretrain_grok1_tiny.sh"
-TRAIN_ITERS, RESUME_ITERS = 150, 20
+SFT_RECIPE = REPO / "examples" / "tiny" / "tune_grok1_tiny.sh"
+TRAIN_ITERS, RESUME_ITERS, SFT_ITERS = 150, 20, 40
 
 
 def _step(title: str) -> None:
@@ -51,12 +54,35 @@ def prepare_data() -> tuple[Path, Path]:
     return Path(str(prefix) + "_text_document"), tokenizer
 
 
-def train(data: Path, tokenizer: Path, log_dir: Path, *extra: str) -> list[dict]:
+def instruction_data(tokenizer: Path) -> Path:
+    """A small instruction set (sums written out in words) in alpaca form, preprocessed and packed."""
+    import random
+
+    words = "zero one two three four five six seven eight nine ten".split()
+    rng = random.Random(0)
+    records = []
+    for _ in range(256):
+        a, b = rng.randrange(6), rng.randrange(5)
+        records.append({"instruction": f"What is {words[a]} plus {words[b]}?", "input": "",
+                        "output": f"{words[a].capitalize()} plus {words[b]} is {words[a + b]}."})
+    raw = OUT / "sft_data" / "sums.json"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_text(json.dumps(records))
+    prefix = OUT / "sft_data" / "demo_sft"
+    subprocess.run([sys.executable, str(REPO / "tools" / "preprocess_data.py"), "--input", str(raw),
+                    "--handler-name", "AlpacaStyleInstructionHandler", "--prompt-type", "chatml",
+                    "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", str(tokenizer),
+                    "--output-prefix", str(prefix), "--seq-length", "128", "--pack", "--no-progress"], check=True)
+    return prefix
+
+
+def train(data: Path, tokenizer: Path, log_dir: Path, *extra: str, recipe: Path = RECIPE,
+          load: Path | None = None, save: Path | None = None) -> list[dict]:
     env = {**os.environ, "PYTHON": sys.executable, "DATA_PATH": str(data), "TOKENIZER_MODEL": str(tokenizer),
-           "CKPT_SAVE_DIR": str(OUT / "ckpt"), "CKPT_LOAD_DIR": str(OUT / "ckpt"), "OMP_NUM_THREADS": "1",
-           "PYTHONWARNINGS": "ignore"}
+           "CKPT_SAVE_DIR": str(save or OUT / "ckpt"), "CKPT_LOAD_DIR": str(load or OUT / "ckpt"),
+           "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     shutil.rmtree(log_dir, ignore_errors=True)
-    subprocess.run(["bash", str(RECIPE), "--log-dir", str(log_dir), "--no-tensorboard", *extra],
+    subprocess.run(["bash", str(recipe), "--log-dir", str(log_dir), "--no-tensorboard", *extra],
                    check=True, env=env, cwd=REPO)
     return [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -71,6 +97,11 @@ def main() -> int:
     total = TRAIN_ITERS + RESUME_ITERS
     _step(f"resume from {OUT / 'ckpt'} (iteration {TRAIN_ITERS}) to iteration {total}")
     resumed = train(data, tokenizer, OUT / "logs" / "resume", "--train-iters", str(total), "--log-interval", "5")
+    _step(f"fine-tune (SFT, packed instruction data) from {OUT / 'ckpt'}, {SFT_ITERS} iterations")
+    sft_data = instruction_data(tokenizer)
+    shutil.rmtree(OUT / "ckpt_sft", ignore_errors=True)
+    tuned = train(sft_data, tokenizer, OUT / "logs" / "sft", "--train-iters", str(SFT_ITERS),
+                  recipe=SFT_RECIPE, load=OUT / "ckpt", save=OUT / "ckpt_sft")
     losses = [m["lm_loss"] for m in first if m["lm_loss"] is not None]
     final = resumed[-1]["lm_loss"]
     steady = [m for m in first + resumed if m["iteration"] > 5]  # skip start-up iterations
@@ -79,11 +110,16 @@ def main() -> int:
     print(f"step time {statistics.median(m['step_time_s'] for m in steady):.3f} s | tokens/s/p "
           f"{statistics.median(m['tokens_per_sec_per_device'] for m in steady):.1f} | TFLOPS/device "
           f"{statistics.median(m['tflops_per_device'] for m in steady):.4f} (8 CPU ranks on shared cores)")
+    print(f"SFT lm loss (trained tokens only): first {tuned[0]['lm_loss']:.3f} -> last {tuned[-1]['lm_loss']:.3f} | "
+          f"padding {tuned[-1]['padding_fraction']:.1%} | trained tokens/s {tuned[-1]['trained_tokens_per_sec']:.0f}")
     print(f"logs: {OUT / 'logs'} (metrics.jsonl, run_info.json); report: "
           f"python tools/benchmark.py --log-dir {OUT / 'logs' / 'train'}")
     print(f"demo wall time {time.monotonic() - start:.0f} s")
     if not final < losses[0] - 1.0:
         print("demo: the loss did not fall as expected", file=sys.stderr)
+        return 1
+    if not tuned[-1]["lm_loss"] < tuned[0]["lm_loss"] - 0.5:
+        print("demo: the SFT loss did not fall as expected", file=sys.stderr)
         return 1
     return 0
 

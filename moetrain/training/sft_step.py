@@ -19,8 +19,8 @@ from moetrain.training import step as step_mod
 
 def sft_forward_step(data_iterator, model, reset_position_ids: bool = False):
     batch = next(data_iterator)
-    if reset_position_ids:
-        rotary_positions(model).positions = batch["position_ids"]
+    # Set on every step (None: 0..s-1), so no earlier step's positions linger on the model.
+    rotary_positions(model).positions = batch["position_ids"] if reset_position_ids else None
     output = model(batch["tokens"], batch["position_ids"], attention_mask=batch.get("attention_mask"),
                    labels=batch["labels"])
     return output, partial(step_mod._loss_func, batch["loss_mask"])

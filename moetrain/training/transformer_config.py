@@ -77,7 +77,6 @@ def build_transformer_config(cfg: ModelConfig, dims: ParallelDims, options: Runt
             moe_z_loss_coeff=cfg.moe_z_loss_coeff,
             moe_expert_capacity_factor=cfg.moe_expert_capacity_factor,
             moe_token_drop_policy="probs",
-            moe_token_dispatcher_type=options.moe_token_dispatcher_type,
             moe_grouped_gemm=False,
         )
     recompute = {}
@@ -128,6 +127,8 @@ def build_transformer_config(cfg: ModelConfig, dims: ParallelDims, options: Runt
         sequence_parallel=dims.sequence_parallel,
         batch_p2p_comm=options.batch_p2p_comm,
         calculate_per_token_loss=options.calculate_per_token_loss,
+        # Set for dense models too: megatron-core checks it against variable_seq_lengths.
+        moe_token_dispatcher_type=options.moe_token_dispatcher_type,
         variable_seq_lengths=options.variable_seq_lengths,
         **layout,
         **moe,
