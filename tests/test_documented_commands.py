@@ -411,8 +411,9 @@ def check_template(cmd: Command, ws: Path) -> str | None:
         assert (REPO / argv[1]).is_file(), f"{argv[1]} is not a file of the repository"
         check_flags(argv[1], argv[2:])
     elif name == "torchrun":
-        assert "moetrain.pretrain" in argv, "a torchrun template must launch -m moetrain.pretrain"
-        check_flags("moetrain.pretrain", argv[argv.index("moetrain.pretrain") + 1:])
+        entry = next((e for e in ENTRIES if e in argv), None)
+        assert entry, f"a torchrun template must launch -m one of {ENTRIES}"
+        check_flags("moetrain.pretrain", argv[argv.index(entry) + 1:])
     elif name == "tensorboard":
         import importlib.util
 
@@ -489,9 +490,13 @@ def run_benchmark(cmd: Command, ws: Path) -> str:
     return out
 
 
+ENTRIES = ("moetrain.pretrain", "moetrain.finetune.sft")
+
+
 def torchrun_launch(argv: list[str]) -> tuple[int, list[str]]:
-    """``torchrun --nproc-per-node N [--nnodes M] ... -m moetrain.pretrain ARGS`` -> (N*M, ARGS)."""
-    assert "-m" in argv and argv[argv.index("-m") + 1] == "moetrain.pretrain", "torchrun of anything but moetrain.pretrain"
+    """``torchrun --nproc-per-node N [--nnodes M] ... -m moetrain.pretrain ARGS`` -> (N*M, ARGS);
+    ``-m moetrain.finetune.sft`` is the same program with ``--is-instruction-dataset``."""
+    assert "-m" in argv and argv[argv.index("-m") + 1] in ENTRIES, f"torchrun of anything but {ENTRIES}"
     launcher, k = {}, 1
     while argv[k] != "-m":
         key, _, value = argv[k].partition("=")
@@ -501,7 +506,10 @@ def torchrun_launch(argv: list[str]) -> tuple[int, list[str]]:
         k += 1
     known = {"--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port"}
     assert set(launcher) <= known, f"torchrun options this test does not model: {sorted(set(launcher) - known)}"
-    return int(launcher.get("--nproc-per-node", 1)) * int(launcher.get("--nnodes", 1)), argv[k + 2:]
+    args = argv[k + 2:]
+    if argv[k + 1] == "moetrain.finetune.sft" and "--is-instruction-dataset" not in args:
+        args = [*args, "--is-instruction-dataset"]
+    return int(launcher.get("--nproc-per-node", 1)) * int(launcher.get("--nnodes", 1)), args
 
 
 def validate_launch(args: list[str], world: int, cwd: Path) -> tuple[object, list[str]]:
@@ -516,10 +524,21 @@ def validate_launch(args: list[str], world: int, cwd: Path) -> tuple[object, lis
         m.chdir(cwd)
         cfg = parse_args(args)
         d = cfg.data
-        if d.data_path and any(not Path(p + ".idx").is_file() for p in d.data_path):
+        if cfg.sft.is_instruction_dataset:
+            from moetrain.training.sft_data import is_instruction_data
+
+            if d.data_path and not is_instruction_data(d.data_path[0]):
+                m.setattr(validate, "_check_instruction_data", lambda cfg, seq_length: None)
+                stood_in.append("data")
+        elif d.data_path and any(not Path(p + ".idx").is_file() for p in d.data_path):
             m.setattr(validate, "_check_data", lambda cfg: None)  # the files' presence
             m.setattr(validate, "check_splits", lambda paths, split: None)  # and their document counts
             stood_in.append("data")
+        if cfg.checkpoint.finetune and cfg.checkpoint.load and not Path(cfg.checkpoint.load).exists():
+            # A converted checkpoint the doc's (validated, not run) convert_ckpt.py command would write.
+            m.setattr(validate.converted_load, "is_converted_checkpoint", lambda root: True)
+            m.setattr(validate.converted_load, "check_converted", lambda root, model_cfg, dims: None)
+            stood_in.append("checkpoint")
         tok = d.tokenizer_model or d.tokenizer_name_or_path
         if tok and not Path(tok).exists():
             m.setattr(validate, "_tokenizer", lambda cfg: None)

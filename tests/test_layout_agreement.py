@@ -9,7 +9,12 @@ import re
 from pathlib import Path
 
 import pytest
-from test_recipes import RECIPES, REPO, _recorded_launch, stand_in_user_files  # tests/ is on sys.path under pytest
+from test_recipes import (  # tests/ is on sys.path under pytest
+    RECIPES,
+    REPO,
+    _recorded_launch,
+    stand_in_user_files,
+)
 
 from moetrain.models.param_count import parameters_per_rank
 from moetrain.parallel import default_expert_tp
