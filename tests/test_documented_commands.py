@@ -662,7 +662,7 @@ def classify(cmd: Command) -> tuple[str, Check]:
         raise Unclassified(f"no shape for python {script} with these arguments")
     if name == "torchrun":
         return "validated", validate_torchrun
-    if name in ("bash", "sh") and len(argv) > 1 and re.fullmatch(r"examples/\w+/pretrain_\w+\.sh", argv[1]):
+    if name in ("bash", "sh") and len(argv) > 1 and re.fullmatch(r"examples/\w+/(pretrain|tune)_\w+\.sh", argv[1]):
         return "validated", validate_recipe
     if name == "pip":
         return "validated", check_pip
