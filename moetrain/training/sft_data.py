@@ -201,6 +201,7 @@ class Collate:
             "loss_mask": torch.from_numpy(loss_mask.astype(np.float32)),
             "position_ids": torch.from_numpy(self._positions(sample_ids)),
             "real_tokens": torch.tensor(int((sample_ids > 0).sum())),
+            "padding_mask": torch.from_numpy(sample_ids == 0),  # [b, s], True = padding (MoE routing)
         }
         if self.reset_attention_mask:
             batch["attention_mask"] = isolation_mask(torch.from_numpy(sample_ids))

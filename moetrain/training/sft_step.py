@@ -17,10 +17,32 @@ from moetrain.models.common.rotary_positions import rotary_positions
 from moetrain.training import step as step_mod
 
 
+def _gpt_model(model):
+    while not hasattr(model, "pre_process") and hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def _padding_mask(gpt, padding_mask):
+    """megatron-core splits the padding mask over sequence-parallel ranks on the first pipeline stage
+    only; a later stage's decoder sees its shard of the sequence, so it gets its shard of the mask."""
+    if gpt.pre_process or not gpt.config.sequence_parallel:
+        return padding_mask
+    from megatron.core import tensor_parallel
+
+    return tensor_parallel.scatter_to_sequence_parallel_region(
+        padding_mask.transpose(0, 1).contiguous()).transpose(0, 1).contiguous()
+
+
 def sft_forward_step(data_iterator, model, reset_position_ids: bool = False):
     batch = next(data_iterator)
     # Set on every step (None: 0..s-1), so no earlier step's positions linger on the model.
     rotary_positions(model).positions = batch["position_ids"] if reset_position_ids else None
+    gpt = _gpt_model(model)
+    extra = {}
+    if gpt.config.num_moe_experts:
+        # Padding takes no part in routing statistics (the load-balancing and z losses).
+        extra["padding_mask"] = _padding_mask(gpt, batch["padding_mask"])
     output = model(batch["tokens"], batch["position_ids"], attention_mask=batch.get("attention_mask"),
-                   labels=batch["labels"])
+                   labels=batch["labels"], **extra)
     return output, partial(step_mod._loss_func, batch["loss_mask"])
