@@ -12,7 +12,6 @@ from __future__ import annotations
 import atexit
 import functools
 import math
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 from conftest_data import read_docs, run, sp_args, sp_model, write_jsonl
 from sft_training_ranks import AUX, ITERS, PACKED, RESUME_ITERS, VARIABLE, layout_group, single_rank_group
+from test_training_config import _fails as pretrain_fails  # tests/ is on sys.path
 
 from moetrain.testing.spawn import run_on_ranks
 
@@ -240,21 +240,8 @@ def _mean(records: list[dict]) -> float:
 
 # ---------------------------------------------------------------- fails before ranks start
 def _fails(argv: list[str], capsys, world: int = 8, one_line: bool = True) -> str:
-    from moetrain.pretrain import main
-
     capsys.readouterr()  # drop what came before (the preprocessor's report, when the data is built here)
-    old = os.environ.get("WORLD_SIZE")
-    os.environ["WORLD_SIZE"] = str(world)
-    try:
-        rc = main(argv)
-    finally:
-        if old is None:
-            os.environ.pop("WORLD_SIZE")
-        else:
-            os.environ["WORLD_SIZE"] = old
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    assert err.startswith("moetrain-pretrain: error: ") and "Traceback" not in err
+    err = pretrain_fails(argv, capsys, world)
     lines = err.splitlines()
     if one_line:
         assert len(lines) == 1, err
