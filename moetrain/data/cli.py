@@ -27,7 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("input data")
     g.add_argument("--input", required=True, help="file (.jsonl, .jsonl.gz, .json, .parquet, .txt), directory or glob")
     g.add_argument("--json-keys", nargs="+", default=["text"], help="keys to tokenize (pretraining: one output each)")
-    g.add_argument("--handler-name", default=PRETRAIN_HANDLER, choices=sorted(HANDLERS))
+    g.add_argument("--handler-name", default=None, choices=sorted(HANDLERS),
+                   help=f"record format (default: {PRETRAIN_HANDLER}, or the --dataset-info entry's formatting)")
+    g.add_argument("--dataset-info", default=None,
+                   help="LLaMA-Factory dataset_info.json: --input then names one of its entries")
     g.add_argument("--split-sentences", action="store_true", help="not supported (needs nltk); kept for a clear error")
     g.add_argument("--keep-newlines", action="store_true", help="accepted for compatibility (only with --split-sentences)")
     g.add_argument("--skip-bad-records", action="store_true", help="count and skip malformed records instead of failing")
@@ -62,13 +65,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.split_sentences:
             raise PreprocessError("--split-sentences is not supported; documents are tokenized whole")
+        record_map, handler, data_input = None, args.handler_name or PRETRAIN_HANDLER, args.input
+        if args.dataset_info:
+            from moetrain.data.llamafactory import resolve
+
+            dataset = resolve(args.dataset_info, args.input)
+            data_input, record_map = dataset.input, dataset.record_map
+            if args.handler_name and args.handler_name != dataset.handler_name:
+                raise PreprocessError(f"--handler-name {args.handler_name} contradicts the {args.dataset_info} "
+                                      f"entry {args.input!r} (formatting -> {dataset.handler_name}); drop the flag")
+            handler = dataset.handler_name
         cfg = PreprocessConfig(
-            input=args.input, output_prefix=args.output_prefix, tokenizer_type=args.tokenizer_type,
+            input=data_input, output_prefix=args.output_prefix, tokenizer_type=args.tokenizer_type,
             tokenizer_name_or_path=args.tokenizer_name_or_path, tokenizer_model=args.tokenizer_model,
-            handler_name=args.handler_name, json_keys=args.json_keys, append_eod=args.append_eod,
+            handler_name=handler, json_keys=args.json_keys, append_eod=args.append_eod,
             prompt_type=args.prompt_type, seq_length=args.seq_length, pack=args.pack, overlong=args.overlong,
             workers=args.workers, partitions=args.partitions, chunk_size=args.chunk_size,
-            skip_bad_records=args.skip_bad_records, progress=not args.no_progress,
+            skip_bad_records=args.skip_bad_records, progress=not args.no_progress, record_map=record_map,
         )
         stats = preprocess(cfg, ["tools/preprocess_data.py", *argv])
     except (PreprocessError, InputError, TokenizerError, ValueError, OSError) as e:

@@ -54,6 +54,8 @@ class PreprocessConfig:
     chunk_size: int = 128  # records per worker task: amortizes pickling and pipe round trips
     skip_bad_records: bool = False
     progress: bool = True
+    # LLaMA-Factory's dataset_info.json columns / tags (moetrain.data.llamafactory.RecordMap), or None.
+    record_map: object | None = None
 
     @property
     def is_pretrain(self) -> bool:
@@ -104,6 +106,7 @@ def _init_worker(cfg: PreprocessConfig, dtype) -> None:
     tok = build_tokenizer(cfg.tokenizer_type, cfg.tokenizer_name_or_path, cfg.tokenizer_model)
     _WORKER["handler"] = make_handler(cfg.handler_name, tok, cfg.json_keys, cfg.append_eod, cfg.prompt_type, dtype)
     _WORKER["key"] = cfg.json_keys[0]
+    _WORKER["record_map"] = cfg.record_map
 
 
 @dataclass
@@ -123,6 +126,8 @@ def _encode_batch(batch: list[RawRecord]):
     for rec in batch:
         try:
             data = parse_record(rec.payload, rec.fmt, key)
+            if _WORKER.get("record_map") is not None:
+                data = _WORKER["record_map"].apply(data)
             out.append(("ok", handler.encode(data), rec.nbytes))
         except RecordError as e:
             out.append(("bad", f"{rec.source}:{rec.line}: {e}", rec.nbytes))

@@ -54,6 +54,7 @@ def _run_partitioned(cfg: PreprocessConfig, units: list[InputUnit]) -> RunStats:
     """Shards run as separate processes, each with workers/partitions workers, then merged in order."""
     shards = [s for s in split_units(units, cfg.partitions) if s]
     sub = PreprocessConfig(**{**asdict(cfg), "workers": max(1, cfg.workers // len(shards)), "progress": False,
+                              "record_map": cfg.record_map,
                               "partitions": 1})
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     prefixes = [f"{cfg.output_prefix}_part{i}" for i in range(len(shards))]
