@@ -145,17 +145,12 @@ def test_layout_parity(layouts, single, layout, label):
 
 
 # With the MoE load-balancing loss on (--moe-aux-loss-coeff > 0): padding takes no part in routing
-# statistics (sft_step passes megatron-core's padding_mask, sliced for later pipeline stages). The
-# TP x SP aux-loss scale is a known open problem (strict xfail: it fails once fixed).
+# statistics (sft_step passes megatron-core's padding_mask, sliced for later pipeline stages); with
+# the mask, megatron-core counts the valid tokens over the sequence and TP2 x SP matches one rank.
 def test_padding_does_not_change_the_losses_with_aux_loss(single):
     assert single["aux_variable"] == pytest.approx(single["aux_fixed"], rel=PARITY_RTOL)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "megatron-core 0.16.1 router.py attach_and_log_load_balancing_loss: with calculate_per_token_loss "
-    "(SFT) the aux loss is multiplied by the *local* sequence-parallel shard's token count, so TP2+SP "
-    "trains with a different aux-loss gradient than 1 rank (TP2+SP at coeff 0.02 reproduced 1 rank at 0.01); "
-    "rescaling the count over the TP group alone did not close it (measured 5.4e-4 rel), so it stays open"))
 def test_tp2_sp_parity_with_aux_loss(layouts, single):
     assert layouts["tp2"]["aux_fixed"] == pytest.approx(single["aux_fixed"], rel=PARITY_RTOL)
 
