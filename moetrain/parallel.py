@@ -97,20 +97,25 @@ class ParallelDims:
         if self._check_on_init:
             self.check()
 
-    def problems(self) -> list[str]:
-        """Everything wrong with the layout itself (no model needed)."""
+    def _blocking_problems(self) -> list[str]:
+        """Sizes below 1, or TP x PP not dividing the world: no other check is meaningful then."""
         sizes = (("--tensor-model-parallel-size", self.tp), ("--pipeline-model-parallel-size", self.pp),
                  ("--expert-model-parallel-size", self.ep), ("--expert-tensor-parallel-size", self.expert_tp))
         bad = [f"{flag} must be >= 1, got {value}" for flag, value in sizes if value < 1]
         if bad:
             return bad
-        errors = []
         if self.world_size % (self.tp * self.pp):
-            errors.append(
-                f"world size {self.world_size} is not divisible by tensor-parallel {self.tp} x "
-                f"pipeline-parallel {self.pp} = {self.tp * self.pp}; launch a multiple of {self.tp * self.pp} "
-                "processes (TP x PP does not divide the world size)")
-            return errors
+            return [f"world size {self.world_size} is not divisible by tensor-parallel {self.tp} x "
+                    f"pipeline-parallel {self.pp} = {self.tp * self.pp}; launch a multiple of {self.tp * self.pp} "
+                    "processes (TP x PP does not divide the world size)"]
+        return []
+
+    def problems(self) -> list[str]:
+        """Everything wrong with the layout itself (no model needed)."""
+        blocking = self._blocking_problems()
+        if blocking:
+            return blocking
+        errors = []
         expert_group = self.ep * self.expert_tp
         if (self.dp * self.tp) % expert_group:
             errors.append(
@@ -151,8 +156,9 @@ class ParallelDims:
 
     def validate_model(self, model: ModelConfig, dist_backend: str = "gloo") -> None:
         """Model-dependent checks; every failing condition names the flags involved."""
+        # A ParallelDims was checked at construction; a candidate layout (the planner's) is checked here.
         errors = [] if self._check_on_init else self.problems()
-        if errors and any("must be >= 1" in e or "world size" in e for e in errors):
+        if errors and self._blocking_problems():
             raise LayoutError("invalid parallel layout for model " + repr(model.name) + ":\n  - " + "\n  - ".join(errors))
         if model.num_attention_heads % self.tp:
             errors.append(f"--num-attention-heads {model.num_attention_heads} is not divisible by "

@@ -26,7 +26,7 @@ from moetrain.data.readers import InputUnit, RawRecord, read_unit
 from moetrain.data.tokenizers import build_tokenizer
 from moetrain.data.writer import DatasetWriter
 
-__all__ = ["PreprocessConfig", "RunStats", "PreprocessError", "run_pipeline", "output_names"]
+__all__ = ["PreprocessConfig", "RunStats", "PreprocessError", "run_pipeline", "output_names", "sft_output_name"]
 
 SFT_OUTPUTS = ("input_ids", "labels", "attention_mask")
 
@@ -92,10 +92,15 @@ class RunStats:
         self.bad_examples = (self.bad_examples + other.bad_examples)[:10]
 
 
+def sft_output_name(name: str) -> str:
+    """The file name (after ``{output_prefix}_``) of one SFT output; training reads the same names."""
+    return f"packed_{name}_document"
+
+
 def output_names(cfg: PreprocessConfig) -> list[str]:
     if cfg.is_pretrain:
         return [f"{key}_document" for key in cfg.json_keys]
-    return [f"packed_{name}_document" for name in SFT_OUTPUTS]
+    return [sft_output_name(name) for name in SFT_OUTPUTS]
 
 
 # ----------------------------------------------------------------------------- worker side

@@ -9,6 +9,7 @@ data), ``--no-shuffle``. ``moetrain.pretrain --is-instruction-dataset`` runs the
 
 from __future__ import annotations
 
+import math
 import sys
 
 import torch.distributed as dist
@@ -38,18 +39,19 @@ class SftData(DataProvider):
         pad_id = getattr(run.tokenizer, "pad", None)
         pad_id = pad_id if isinstance(pad_id, int) and pad_id >= 0 else 0
         # Sequence parallelism splits the sequence over TP: lengths must divide by it too.
-        multiple = PAD_MULTIPLE * run.dims.tp // _gcd(PAD_MULTIPLE, run.dims.tp)
+        multiple = math.lcm(PAD_MULTIPLE, run.dims.tp)
         return Collate(seq_length=run.seq_length, pad_id=pad_id, variable_seq_lengths=s.variable_seq_lengths,
                        pad_multiple=multiple, reset_attention_mask=s.reset_attention_mask,
                        reset_position_ids=s.reset_position_ids)
 
     def iterator(self, trainer: Trainer, dataset, start_sample: int):
-        from moetrain.training.sft_data import EpochOrder, SftMicroBatches
+        from moetrain.training.pretrain_data import MicroBatches
+        from moetrain.training.sft_data import EpochOrder
 
         run = trainer.run
         order = EpochOrder(len(dataset), run.cfg.training.seed, shuffle=not run.cfg.sft.no_shuffle)
-        its = [_Counting(SftMicroBatches(dataset, order, self._collate(trainer), start_sample,
-                                         run.cfg.training.micro_batch_size, trainer.dp_rank, run.dims.dp),
+        its = [_Counting(MicroBatches(dataset, start_sample, run.cfg.training.micro_batch_size, trainer.dp_rank,
+                                      run.dims.dp, row=order.row, collate=self._collate(trainer)),
                          self.tokens if i == 0 and dataset is trainer.train_ds else None)
                for i in range(len(trainer.model))]
         return its if len(its) > 1 else its[0]
@@ -103,12 +105,6 @@ class _Counting:
             self.counter["padded"] += batch["tokens"].numel()
             self.counter["rows"] += batch["tokens"].shape[0]
         return batch
-
-
-def _gcd(a: int, b: int) -> int:
-    import math
-
-    return math.gcd(a, b)
 
 
 def sft(run, backend):

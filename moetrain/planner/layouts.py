@@ -59,7 +59,7 @@ class Layout(ParallelDims):
 
 
 def num_microbatches(layout: Layout, global_batch_size: int, micro_batch_size: int) -> int:
-    return global_batch_size // (micro_batch_size * layout.dp)
+    return layout.num_microbatches(global_batch_size, micro_batch_size)
 
 
 def validate(cfg: ModelConfig, layout: Layout, global_batch_size: int, micro_batch_size: int) -> None:

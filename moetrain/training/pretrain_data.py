@@ -47,26 +47,36 @@ def build_datasets(data: DataSection, tokenizer, seq_length: int, seed: int, siz
     return tuple(builder.build())
 
 
-class MicroBatches:
-    """Iterator of this data-parallel rank's micro-batches, starting at ``start_sample``."""
+def stack_pretrain_items(items: list[dict]) -> dict[str, torch.Tensor]:
+    keys = ("tokens", "labels", "loss_mask", "position_ids")
+    return {k: torch.stack([torch.as_tensor(item[k]) for item in items]) for k in keys}
 
-    def __init__(self, dataset, start_sample: int, micro_batch_size: int, dp_rank: int, dp_size: int) -> None:
+
+class MicroBatches:
+    """Iterator of this data-parallel rank's micro-batches, starting at ``start_sample``.
+
+    ``row`` maps a global sample position to a dataset index (default: wrap around, which keeps an
+    eval split shorter than asked from stopping mid-step; SFT passes its epoch order) and
+    ``collate`` turns the micro-batch's items into tensors."""
+
+    def __init__(self, dataset, start_sample: int, micro_batch_size: int, dp_rank: int, dp_size: int,
+                 row=None, collate=stack_pretrain_items) -> None:
         self.dataset = dataset
         self.position = start_sample
         self.mbs = micro_batch_size
         self.dp_rank = dp_rank
         self.dp_size = dp_size
+        self.row = row or (lambda k: k % len(dataset))
+        self.collate = collate
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict[str, torch.Tensor]:
         first = self.position + self.dp_rank * self.mbs
-        # Wrapping keeps eval (whose split may be shorter than asked) from stopping mid-step.
-        items = [self.dataset[i % len(self.dataset)] for i in range(first, first + self.mbs)]
+        items = [self.dataset[self.row(k)] for k in range(first, first + self.mbs)]
         self.position += self.mbs * self.dp_size
-        keys = ("tokens", "labels", "loss_mask", "position_ids")
-        return {k: torch.stack([torch.as_tensor(item[k]) for item in items]) for k in keys}
+        return self.collate(items)
 
 
 def iterators(dataset, start_sample: int, micro_batch_size: int, dp_rank: int, dp_size: int, chunks: int):

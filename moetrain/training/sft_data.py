@@ -25,28 +25,30 @@ import numpy as np
 import torch
 
 from moetrain.config import ConfigError
+from moetrain.data.pipeline import SFT_OUTPUTS, sft_output_name
+from moetrain.data.preprocess import sidecar_path
+from moetrain.data.templates import IGNORE_INDEX
 from moetrain.training.data_splits import split_counts
 
-IGNORE_INDEX = -100
-OUTPUTS = ("input_ids", "labels", "attention_mask")
+OUTPUTS = SFT_OUTPUTS
 PAD_MULTIPLE = 8  # --variable-seq-lengths rounds a micro-batch's length up to this (x TP for SP)
 
 
 def output_prefix(prefix: str, name: str) -> str:
-    return f"{prefix}_packed_{name}_document"
+    return f"{prefix}_{sft_output_name(name)}"
 
 
 def instruction_prefix(data_path: str) -> str:
     """The preprocessor's ``--output-prefix`` P, from P itself or from one of its output prefixes."""
     for name in OUTPUTS:
-        suffix = f"_packed_{name}_document"
+        suffix = "_" + sft_output_name(name)
         if data_path.endswith(suffix):
             return data_path[: -len(suffix)]
     return data_path
 
 
 def sidecar(prefix: str) -> dict | None:
-    path = Path(f"{prefix}_preprocess.json")
+    path = Path(sidecar_path(prefix))
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -91,7 +93,7 @@ def check_instruction_data(data_path: str, seq_length: int, prompt_type: str | N
     stored_prompt = config.get("prompt_type")
     if prompt_type is not None and stored_prompt is not None and prompt_type != stored_prompt:
         raise ConfigError(f"--prompt-type {prompt_type} differs from the data's: {prefix} was preprocessed with "
-                          f"--prompt-type {stored_prompt} ({prefix}_preprocess.json); preprocess again or pass "
+                          f"--prompt-type {stored_prompt} ({sidecar_path(prefix)}); preprocess again or pass "
                           f"--prompt-type {stored_prompt}")
     lengths = _row_lengths(output_prefix(prefix, "input_ids"))
     for name in OUTPUTS[1:]:
@@ -131,16 +133,18 @@ class InstructionDataset:
         return {n: np.asarray(self._data[n][row], dtype=np.int64) for n in OUTPUTS}
 
 
+def split_rows(rows: int, split: str, prefix: str) -> tuple[int, int]:
+    """(train rows, validation rows) of ``--split``, Megatron's rule; no training rows is an error."""
+    counts = split_counts(rows, split)
+    if not counts[0]:
+        raise ConfigError(f"--split {split} leaves no training samples of the {rows} in {prefix}")
+    return counts[0], counts[1] or 0
+
+
 def build_splits(prefix: str, split: str) -> tuple[InstructionDataset, InstructionDataset | None]:
-    """(train, validation or None) as contiguous row ranges, Megatron's ``--split`` rule."""
-    n = int(_row_lengths(output_prefix(prefix, "input_ids")).size)
-    counts = split_counts(n, split)
-    train_rows = counts[0] or 0
-    if train_rows == 0:
-        raise ConfigError(f"--split {split} leaves no training rows of the {n} in {prefix}")
-    valid = counts[1]
-    return (InstructionDataset(prefix, 0, train_rows),
-            InstructionDataset(prefix, train_rows, valid) if valid else None)
+    """(train, validation or None) as contiguous row ranges."""
+    train, valid = split_rows(int(_row_lengths(output_prefix(prefix, "input_ids")).size), split, prefix)
+    return InstructionDataset(prefix, 0, train), InstructionDataset(prefix, train, valid) if valid else None
 
 
 class EpochOrder:
@@ -226,22 +230,3 @@ def isolation_mask(sample_ids: torch.Tensor) -> torch.Tensor:
     future = torch.ones(s, s, dtype=torch.bool).triu(1)
     other = sample_ids[:, :, None] != sample_ids[:, None, :]
     return (future[None] | other).unsqueeze(1)
-
-
-class SftMicroBatches:
-    """This data-parallel rank's micro-batches from global sample ``start_sample`` on."""
-
-    def __init__(self, dataset: InstructionDataset, order: EpochOrder, collate: Collate, start_sample: int,
-                 micro_batch_size: int, dp_rank: int, dp_size: int) -> None:
-        self.dataset, self.order, self.collate = dataset, order, collate
-        self.position = start_sample
-        self.mbs, self.dp_rank, self.dp_size = micro_batch_size, dp_rank, dp_size
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, torch.Tensor]:
-        first = self.position + self.dp_rank * self.mbs
-        rows = [self.dataset[self.order.row(k)] for k in range(first, first + self.mbs)]
-        self.position += self.mbs * self.dp_size
-        return self.collate(rows)

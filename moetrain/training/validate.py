@@ -83,16 +83,14 @@ def _check_data(cfg: PretrainConfig) -> None:
 
 
 def _check_instruction_data(cfg: PretrainConfig, seq_length: int) -> None:
-    from moetrain.training.data_splits import split_counts
-    from moetrain.training.sft_data import check_instruction_data
+    from moetrain.training.sft_data import check_instruction_data, split_rows
 
     paths, weights = cfg.data.blend()
     if len(paths) != 1 or weights is not None:
         raise ConfigError("--is-instruction-dataset takes one --data-path (the preprocessor's --output-prefix); "
                           "blend instruction sets at preprocessing time")
     info = check_instruction_data(paths[0], seq_length, cfg.sft.prompt_type)
-    if not split_counts(info.rows, cfg.data.split)[0]:
-        raise ConfigError(f"--split {cfg.data.split} leaves no training samples of the {info.rows} in {info.prefix}")
+    split_rows(info.rows, cfg.data.split, info.prefix)
 
 
 def _tokenizer(cfg: PretrainConfig):
