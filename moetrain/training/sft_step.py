@@ -13,14 +13,10 @@ from __future__ import annotations
 
 from functools import partial
 
+from megatron.core.utils import unwrap_model
+
 from moetrain.models.common.rotary_positions import rotary_positions
 from moetrain.training import step as step_mod
-
-
-def _gpt_model(model):
-    while not hasattr(model, "pre_process") and hasattr(model, "module"):
-        model = model.module
-    return model
 
 
 def _padding_mask(gpt, padding_mask):
@@ -38,7 +34,7 @@ def sft_forward_step(data_iterator, model, reset_position_ids: bool = False):
     batch = next(data_iterator)
     # Set on every step (None: 0..s-1), so no earlier step's positions linger on the model.
     rotary_positions(model).positions = batch["position_ids"] if reset_position_ids else None
-    gpt = _gpt_model(model)
+    gpt = unwrap_model(model)
     extra = {}
     if gpt.config.num_moe_experts:
         # Padding takes no part in routing statistics (the load-balancing and z losses).

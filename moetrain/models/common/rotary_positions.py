@@ -35,9 +35,9 @@ class RotaryPositions:
 
 def rotary_positions(model) -> RotaryPositions:
     """The chunk's hook, installed on first use (unwraps DDP / Float16Module)."""
-    inner = model
-    while not hasattr(inner, "rotary_pos_emb") and hasattr(inner, "module"):
-        inner = inner.module
+    from megatron.core.utils import unwrap_model
+
+    inner = unwrap_model(model)
     hook = getattr(inner, "_moetrain_rotary_positions", None)
     if hook is None:
         hook = RotaryPositions(inner)
