@@ -154,8 +154,11 @@ class ParallelDims:
         """Layers held by each pipeline stage (uneven with --num-layer-list)."""
         return tuple(split_layers(num_layers, self.pp, self.num_layer_list))
 
-    def validate_model(self, model: ModelConfig, dist_backend: str = "gloo") -> None:
-        """Model-dependent checks; every failing condition names the flags involved."""
+    def validate_model(self, model: ModelConfig, dist_backend: str = "gloo", training: bool = True) -> None:
+        """Model-dependent checks; every failing condition names the flags involved.
+
+        ``training=False`` (generation): megatron-core's MoE layer needs sequence parallelism under
+        TP only while training; in eval it routes the replicated tokens of each TP rank correctly."""
         # A ParallelDims was checked at construction; a candidate layout (the planner's) is checked here.
         errors = [] if self._check_on_init else self.problems()
         if errors and self._blocking_problems():
@@ -180,7 +183,7 @@ class ParallelDims:
             if model.num_layers % stages:
                 errors.append(f"--num-layers {model.num_layers} is not divisible by pipeline stages {self.pp}"
                               f"{f' x virtual {self.vpp} (vpp)' if self.vpp else ''}; use --num-layer-list for an uneven split")
-        if model.is_moe and self.tp > 1 and not self.sequence_parallel:
+        if training and model.is_moe and self.tp > 1 and not self.sequence_parallel:
             errors.append("MoE with --tensor-model-parallel-size > 1 requires --sequence-parallel "
                           "(megatron-core's MoE layer needs sequence-parallel input under TP)")
         if self.expert_tp > 1 and dist_backend == "gloo":

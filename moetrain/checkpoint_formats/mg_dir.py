@@ -67,7 +67,7 @@ class MegatronCheckpoint:
         return extra
 
 
-def _torch_dist_dir(load_dir: Path) -> Path | None:
+def torch_dist_dir(load_dir: Path) -> Path | None:
     if (load_dir / ".metadata").is_file():
         return load_dir
     try:
@@ -87,7 +87,7 @@ def open_megatron(load_dir: Path, flavor: str | None) -> MegatronCheckpoint:
             return MegatronCheckpoint(cfg, reader, "legacy")
     except LegacyCheckpointError as e:
         raise ConversionError(str(e)) from None
-    ckpt = _torch_dist_dir(load_dir)
+    ckpt = torch_dist_dir(load_dir)
     if ckpt is None:
         raise ConversionError(f"--load-dir {load_dir}: neither the per-rank Megatron format "
                               f"(iter_*/mp_rank_*/model_optim_rng.pt) nor a dist-checkpoint (.metadata)")

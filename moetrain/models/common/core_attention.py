@@ -3,6 +3,9 @@
 Replaces megatron-core's ``DotProductAttention`` so that the kernel table chooses the kernel and
 so that Grok-1's logit soft-capping holds on every path (``KernelTable.attention_for`` falls back
 to the torch reference when a fused kernel cannot soft-cap, and says so once).
+
+Generation sets ``kv_cache`` (``moetrain.inference.kv_cache``): keys and values arrive here after
+rotary embedding, so caching them here serves every family and keeps the soft-cap in decode too.
 """
 
 from __future__ import annotations
@@ -34,11 +37,15 @@ class CoreAttention(MegatronModule):
         self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(config.kv_channels)
         self.softcap = softcap
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
+        self.kv_cache = None  # a LayerKVCache while generating
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
                 packed_seq_params=None):
         if packed_seq_params is not None or attention_bias is not None:
             raise ValueError("packed sequences and attention bias are not supported by CoreAttention")
+        if self.kv_cache is not None:
+            # The prefix's keys / values plus these; the generator's mask covers all of them.
+            key, value = self.kv_cache.update(key, value)
         mask_type = attn_mask_type or self.attn_mask_type
         causal = mask_type == AttnMaskType.causal and attention_mask is None
         # [s, b, h, d] -> [b, h, s, d]

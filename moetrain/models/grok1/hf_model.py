@@ -9,7 +9,8 @@ Attention scores are ``max_attn_value * tanh(q.k * attn_output_multiplier / max_
 causal mask, softmax in fp32. The router is a softmax over all experts in fp32, then top-k with
 no renormalisation. An expert is ``linear_1(gelu(linear(x)) * linear_v(x))``.
 
-This is a training/parity reference: no KV cache (``use_cache`` is ignored).
+This is a training/parity reference: no KV cache. ``generate`` works with ``use_cache=False`` (each
+step recomputes the prefix), which is what moetrain's generation is tested against.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
 
 from moetrain.models.grok1.hf_config import Grok1Config
@@ -213,7 +214,7 @@ def router_load_balancing_loss(router_logits: tuple[torch.Tensor, ...], num_expe
     return num_experts * torch.sum(routed.mean(0) / top_k * probs.mean(0))
 
 
-class Grok1ModelForCausalLM(Grok1PreTrainedModel):
+class Grok1ModelForCausalLM(Grok1PreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
     def __init__(self, config: Grok1Config) -> None:
