@@ -64,16 +64,11 @@ def main(argv: list[str] | None = None, prog: str = "moetrain-pretrain") -> int:
     import torch.distributed as dist
 
     from moetrain.device import setup_device
+    from moetrain.device.process_group import init_process_group
     from moetrain.training.loop import TrainingError
 
     backend = setup_device(run.cfg.device)
-    created = not dist.is_initialized()
-    if created:
-        backend.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        if "MASTER_ADDR" not in os.environ:  # plain `python -m moetrain.pretrain`: a 1-process group
-            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29500"),
-                              RANK="0", WORLD_SIZE="1")
-        dist.init_process_group(backend.dist_backend)
+    created = init_process_group(backend)  # torchrun's group, or 1 process for plain `python -m`
     try:
         _workflow(run)(run, backend)
     except (TrainingError, *_USER_ERRORS) as e:

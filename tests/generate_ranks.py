@@ -25,14 +25,25 @@ def _generator(flavor_dir: str, tp: int, pp: int, ep: int):
     return Generator(model, cfg.vocab_size, cfg.seq_length), cfg
 
 
-def generate_all(rank, world, cases, tp, pp, ep, prompts, new_tokens, single_rank_checks):
-    """Per case (name, HF dir): greedy tokens of the batch, sampled tokens (fixed seed) and, on one
-    rank, the KV-cache and padding checks. Every rank returns the same tokens (they are broadcast)."""
+def _save_trainer_checkpoint(gen, cfg, root: str) -> None:
+    """The loaded model as moetrain's trainer saves one (dist-checkpointing, moetrain.json)."""
+    from moetrain.training.checkpointing import TrainState, save_checkpoint
+
+    meta = {"model_config": cfg.to_dict(), "layout": {}, "args": {}, "has_optimizer": False}
+    save_checkpoint(root, TrainState(iteration=3), [gen.model], None, None, meta, save_optim=False)
+
+
+def generate_all(rank, world, cases, tp, pp, ep, prompts, new_tokens, single_rank_checks, save_trainer=None):
+    """Per case (name, checkpoint dir of any kind): greedy tokens of the batch, sampled tokens (fixed
+    seed) and, on one rank, the KV-cache and padding checks. Every rank returns the same tokens
+    (they are broadcast). ``save_trainer`` {name: dir}: also save that case as a trainer checkpoint."""
     from moetrain.inference.sampling import SamplingParams
 
     out = {}
     for name, path in cases:
         gen, cfg = _generator(path, tp, pp, ep)
+        if save_trainer and name in save_trainer:
+            _save_trainer_checkpoint(gen, cfg, save_trainer[name])
         greedy = gen.generate(prompts, new_tokens, SamplingParams(greedy=True), keep_logits=single_rank_checks)
         sampled = gen.generate(prompts, 8, SamplingParams(**SAMPLING), seed=7)
         res = {"greedy": [g.output_ids for g in greedy], "sampled": [g.output_ids for g in sampled]}

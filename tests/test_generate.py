@@ -1,7 +1,10 @@
 """Generation (moetrain.inference) against transformers' ``generate`` on the same weights, fp32.
 
 Each family's tiny model is written as a Hugging Face directory and loaded by
-``moetrain.inference.loading`` (HF -> this rank's shard through the weight map). Greedy output for
+``moetrain.inference.loading`` (checkpoint -> this rank's shard through the weight map). Grok-1
+goes through the other two kinds of checkpoint and through re-sharding: the 1-rank run loads it
+converted at TP2 x EP2 (convert_ckpt.py's format) and saves it as a trainer checkpoint, which every
+other layout loads. Greedy output for
 a batch of 3 prompts of different lengths must be token-for-token HF's, on 1 rank and under TP2,
 PP2, EP2 and TP2 x PP2 x EP2. That is a real promise only where HF's own choice is not a near-tie:
 the fixture checks that every greedy step's top-1 / top-2 logit margin is far above the fp32
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from convert_fixtures import run as convert
 from generate_ranks import generate_all
 from hf_reference import hf_model  # tests/ is on sys.path under pytest
 
@@ -70,13 +74,18 @@ def references(tmp_path_factory):
         assert margin > MIN_MARGIN, f"{flavor}: HF greedy has a near-tie (margin {margin:.2e}); pick other weights"
         cases.append((flavor, str(path)))
         expected[flavor] = tokens
-    return cases, expected, prompts
+    # Grok-1 as convert_ckpt.py writes it (TP2 x EP2), then as a trainer checkpoint (saved at TP1).
+    converted, trainer = root / "grok1_converted", root / "grok1_trainer"
+    convert("grok1-tiny", "hf", "mg", root / "grok1-tiny", converted, tp=2, ep=2)
+    cases[-1] = ("grok1-tiny", str(converted))
+    return cases, expected, prompts, str(trainer)
 
 
 @pytest.fixture(scope="module")
 def one_rank(references):
-    cases, _, prompts = references
-    return run_on_ranks(1, generate_all, (cases, 1, 1, 1, prompts, NEW_TOKENS, True), timeout=300)[0]
+    cases, _, prompts, trainer = references
+    return run_on_ranks(1, generate_all, (cases, 1, 1, 1, prompts, NEW_TOKENS, True, {"grok1-tiny": trainer}),
+                        timeout=300)[0]
 
 
 @pytest.mark.parametrize("flavor", FLAVORS)
@@ -107,7 +116,8 @@ LAYOUTS = {"tp2": (2, 1, 1, 2), "pp2": (1, 2, 1, 2), "ep2": (1, 1, 2, 2), "tp2pp
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_layouts_generate_what_one_rank_does(references, one_rank, layout):
     """Greedy equals HF, and fixed-seed sampling equals the 1-rank run, on every rank of the layout."""
-    cases, expected, prompts = references
+    cases, expected, prompts, trainer = references
+    cases = [(name, trainer if name == "grok1-tiny" else path) for name, path in cases]
     tp, pp, ep, world = LAYOUTS[layout]
     results = run_on_ranks(world, generate_all, (cases, tp, pp, ep, prompts, NEW_TOKENS, False), timeout=400)
     for rank, res in enumerate(results):

@@ -43,6 +43,13 @@ class Template:
     system_in_user: str | None = None  # llama2 puts the system prompt inside the first user turn
     tools: str = "You have access to the following tools:\n{tools}"
     default_system: str = ""
+    end_of_turn: str = ""  # the marker that ends a reply (generation stops there); "" : EOS only
+
+    def prompt(self, messages: list[Message], system: str | None, tokenizer) -> list[int]:
+        """Token ids of a conversation that ends with a user turn, up to the assistant header:
+        what generation continues from."""
+        ids, _ = self.render(messages, system, None, tokenizer)
+        return ids.tolist()
 
     def render(self, messages: list[Message], system: str | None, tools, tokenizer) -> tuple[np.ndarray, np.ndarray]:
         """Return (input_ids, labels) as int64 arrays; labels are -100 on prompt tokens."""
@@ -95,16 +102,18 @@ TEMPLATES: dict[str, Template] = {
                  assistant="{content}<|eot_id|>",
                  observation=_LLAMA3_HDR.format(role="ipython") + "{content}<|eot_id|>"
                  + _LLAMA3_HDR.format(role="assistant"),
-                 bos=True),
+                 bos=True, end_of_turn="<|eot_id|>"),
         Template("chatml", system="<|im_start|>system\n{content}<|im_end|>\n",
                  user="<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n",
                  assistant="{content}<|im_end|>\n",
-                 observation="<|im_start|>tool\n{content}<|im_end|>\n<|im_start|>assistant\n"),
+                 observation="<|im_start|>tool\n{content}<|im_end|>\n<|im_start|>assistant\n",
+                 end_of_turn="<|im_end|>"),
         # Grok-1 ships no chat template; this uses its tokenizer's <|separator|> piece (id 47)
         # between turns, in the Human:/Assistant: style of its examples.
         Template("grok1", system="{content}<|separator|>\n\n", user="Human: {content}<|separator|>\n\nAssistant:",
                  assistant=" {content}<|separator|>\n\n",
-                 observation="Observation: {content}<|separator|>\n\nAssistant:", bos=True, eos_after_reply=True),
+                 observation="Observation: {content}<|separator|>\n\nAssistant:", bos=True, eos_after_reply=True,
+                 end_of_turn="<|separator|>"),
     )
 }
 
