@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest_data import DOCS, write_jsonl
-from test_recipes import _recorded_launch
+from test_recipes import _recorded_launch, _StandInTokenizer
 from test_report import _write_run
 
 from moetrain.config import ConfigError
@@ -105,6 +105,7 @@ def populate(root: Path) -> None:
         (root / name).symlink_to(hf_tokenizer(kind))  # local Hugging Face tokenizer directories
     write_dataset(root / "a_text_document", [[5, 6, 7], [8, 9]])  # merge_datasets.py inputs
     write_dataset(root / "b_text_document", [[10, 11, 12, 13]])
+    write_jsonl(root / "prompts.jsonl", [{"prompt": "The Python interpreter"}, {"prompt": "def main():"}])
     for log_dir in ("runs/x", "logs/grok1_40b"):  # finished training runs for tools/benchmark.py
         _write_run(root / log_dir)
 
@@ -141,7 +142,8 @@ def write_dataset(prefix: Path, docs: list[list[int]]) -> None:
 # ---------------------------------------------------------------------------------------------- extraction
 
 SHELL_LANGS = {"bash", "sh", "shell", "console", "zsh"}
-PROGRAMS = {"python", "python3", "torchrun", "bash", "sh", "make", "pip", "tensorboard", "moetrain-pretrain"}
+PROGRAMS = {"python", "python3", "torchrun", "bash", "sh", "make", "pip", "tensorboard", "moetrain-pretrain",
+            "moetrain-generate"}
 FENCE = re.compile(r"^\s*(`{3,}|~{3,})\s*([\w+-]*)")
 ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 PLACEHOLDER = re.compile(r"<[^<>\s][^<>]*>")
@@ -491,6 +493,9 @@ def run_benchmark(cmd: Command, ws: Path) -> str:
 
 
 ENTRIES = ("moetrain.pretrain", "moetrain.finetune.sft")
+GENERATE = "moetrain.inference.generate"
+# Checkpoints the docs name that only `make demo` writes, and the flavor it trains.
+DEMO_CHECKPOINTS = {"demo_out/ckpt": "grok1-tiny", "demo_out/ckpt_sft": "grok1-tiny"}
 
 
 def torchrun_launch(argv: list[str]) -> tuple[int, list[str]]:
@@ -548,15 +553,53 @@ def validate_launch(args: list[str], world: int, cwd: Path) -> tuple[object, lis
     return run, stood_in
 
 
+def validate_generate(args: list[str], world: int, cwd: Path) -> None:
+    """``moetrain.inference.options.prepare`` for this world size: the layout against the model, the
+    prompts, the settings. A checkpoint or tokenizer that does not exist here (``make demo``'s) is
+    stood in for by its flavor / a stand-in tokenizer, as in tests/test_recipes.py."""
+    from moetrain.inference import options
+    from moetrain.inference.loading import CheckpointInfo
+    from moetrain.models import get_flavor
+
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(cwd)
+        cfg = options.parse_args(args)
+        stand_in = not Path(cfg.load).exists()
+        if stand_in:
+            flavor = cfg.model or DEMO_CHECKPOINTS.get(cfg.load.rstrip("/"))
+            assert flavor, f"--load {cfg.load} does not exist here and names no --model to stand in for"
+            m.setattr(options, "inspect_checkpoint",
+                      lambda load, model: CheckpointInfo(Path(load), "trainer", get_flavor(flavor), {}))
+        tok = cfg.tokenizer_model or cfg.tokenizer_name_or_path
+        if stand_in or (tok and not Path(tok).exists()):  # a stood-in model's tokenizer is stood in too
+            m.setattr(options, "_tokenizer", lambda cfg, info: _StandInTokenizer())
+        prepared = options.prepare(cfg, world_size=world)
+    assert prepared.dims.world_size == world
+
+
 def validate_torchrun(cmd: Command, ws: Path) -> None:
+    if GENERATE in cmd.argv:
+        k = cmd.argv.index(GENERATE)
+        world, _ = torchrun_launch([*cmd.argv[:k], "moetrain.pretrain"])
+        validate_generate(map_paths(cmd.argv[k + 1:]), world, ws)
+        return
     world, args = torchrun_launch(cmd.argv)
     validate_launch(map_paths(args), world, ws)
+
+
+def validate_generate_here(cmd: Command, ws: Path) -> None:
+    """``python tools/generate.py ARGS`` / ``python -m moetrain.inference.generate ARGS``: 1 process."""
+    start = 3 if cmd.argv[1] == "-m" else 2
+    validate_generate(map_paths(cmd.argv[start:]), 1, ws)
 
 
 def validate_recipe(cmd: Command, ws: Path) -> None:
     tmp = Path(tempfile.mkdtemp(dir=ws))
     flags, launcher = _recorded_launch(Path(cmd.argv[1]), tmp)
     world = int(launcher["--nproc-per-node"]) * int(launcher["--nnodes"])
+    if Path(cmd.argv[1]).name.startswith("generate_"):
+        validate_generate([*flags, *cmd.argv[2:]], world, ws)
+        return
     validate_launch([*flags, *cmd.argv[2:]], world, ws)  # extra flags are appended ("$@") and win
 
 
@@ -643,6 +686,8 @@ def classify(cmd: Command) -> tuple[str, Check]:
     if any(PLACEHOLDER.search(t) or t == "..." for t in argv):
         return "template", check_template
     name, rest = Path(argv[0]).name, argv[2:]
+    if name in ("python", "python3") and argv[1:3] == ["-m", GENERATE]:
+        return "validated", validate_generate_here
     if name in ("python", "python3"):
         script = argv[1] if len(argv) > 1 else ""
         if not (REPO / script).is_file():
@@ -657,12 +702,14 @@ def classify(cmd: Command) -> tuple[str, Check]:
             return ("validated", validate_benchmark_run) if option(argv, "--run") else ("ran", run_benchmark)
         if script == "ckpt_converters/convert_ckpt.py":
             return "validated", validate_convert
+        if script == "tools/generate.py":
+            return "validated", validate_generate_here
         if re.fullmatch(r"tools/bench_\w+\.py", script) and not rest:
             return "validated", validate_help
         raise Unclassified(f"no shape for python {script} with these arguments")
     if name == "torchrun":
         return "validated", validate_torchrun
-    if name in ("bash", "sh") and len(argv) > 1 and re.fullmatch(r"examples/\w+/(pretrain|tune)_\w+\.sh", argv[1]):
+    if name in ("bash", "sh") and len(argv) > 1 and re.fullmatch(r"examples/\w+/(pretrain|tune|generate)_\w+\.sh", argv[1]):
         return "validated", validate_recipe
     if name == "pip":
         return "validated", check_pip

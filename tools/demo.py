@@ -9,7 +9,9 @@ On a fresh clone, on CPU (8 gloo ranks, one thread each), in about five minutes:
   4. resume from that checkpoint for a few more iterations (a second torchrun with --load);
   5. fine-tune it (full-parameter SFT) on a small instruction set the demo writes itself, packed,
      through examples/tiny/tune_grok1_tiny.sh (moetrain.finetune.sft, --finetune from step 3's checkpoint);
-  6. print first vs last loss and a throughput summary.
+  6. generate: continue a prompt with the pretrained model, and answer one instruction with the SFT
+     model, through examples/tiny/generate_grok1_tiny.sh (2 ranks, TP2: re-sharded on load);
+  7. print first vs last loss and a throughput summary.
 Everything goes under demo_out/ (gitignored).
 """
 
@@ -30,6 +32,8 @@ sys.path.insert(0, str(REPO))
 OUT = REPO / "demo_out"
 RECIPE = REPO / "examples" / "tiny" / "pretrain_grok1_tiny.sh"
 SFT_RECIPE = REPO / "examples" / "tiny" / "tune_grok1_tiny.sh"
+GENERATE_RECIPE = REPO / "examples" / "tiny" / "generate_grok1_tiny.sh"
+INSTRUCTION = "What is two plus three?"
 TRAIN_ITERS, RESUME_ITERS, SFT_ITERS = 150, 20, 40
 
 
@@ -87,6 +91,16 @@ def train(data: Path, tokenizer: Path, log_dir: Path, *extra: str, recipe: Path 
     return [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def generate(load: Path, tokenizer: Path, *extra: str) -> dict:
+    """One prompt through the generate recipe; its result record."""
+    out = OUT / "generate" / f"{load.name}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHON": sys.executable, "CKPT_LOAD_DIR": str(load), "TOKENIZER_MODEL": str(tokenizer),
+           "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    subprocess.run(["bash", str(GENERATE_RECIPE), "--output-file", str(out), *extra], check=True, env=env, cwd=REPO)
+    return json.loads(out.read_text().splitlines()[0])
+
+
 def main() -> int:
     start = time.monotonic()
     data, tokenizer = prepare_data()
@@ -102,6 +116,9 @@ def main() -> int:
     shutil.rmtree(OUT / "ckpt_sft", ignore_errors=True)
     tuned = train(sft_data, tokenizer, OUT / "logs" / "sft", "--train-iters", str(SFT_ITERS),
                   recipe=SFT_RECIPE, load=OUT / "ckpt", save=OUT / "ckpt_sft")
+    _step("generate from the pretrained model (greedy) and ask the SFT model one instruction (chatml)")
+    story = generate(OUT / "ckpt", tokenizer)
+    answer = generate(OUT / "ckpt_sft", tokenizer, "--prompt-type", "chatml", "--prompt", INSTRUCTION)
     losses = [m["lm_loss"] for m in first if m["lm_loss"] is not None]
     final = resumed[-1]["lm_loss"]
     steady = [m for m in first + resumed if m["iteration"] > 5]  # skip start-up iterations
@@ -112,6 +129,8 @@ def main() -> int:
           f"{statistics.median(m['tflops_per_device'] for m in steady):.4f} (8 CPU ranks on shared cores)")
     print(f"SFT lm loss (trained tokens only): first {tuned[0]['lm_loss']:.3f} -> last {tuned[-1]['lm_loss']:.3f} | "
           f"padding {tuned[-1]['padding_fraction']:.1%} | trained tokens/s {tuned[-1]['trained_tokens_per_sec']:.0f}")
+    print(f"pretrained model, greedy: {story['prompt']!r} -> {story['output']!r}")
+    print(f"SFT model: {INSTRUCTION!r} -> {answer['output']!r} ({answer['finish_reason']})")
     print(f"logs: {OUT / 'logs'} (metrics.jsonl, run_info.json); report: "
           f"python tools/benchmark.py --log-dir {OUT / 'logs' / 'train'}")
     print(f"demo wall time {time.monotonic() - start:.0f} s")

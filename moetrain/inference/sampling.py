@@ -54,5 +54,6 @@ def next_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.G
     logits = logits.float()
     if params.greedy:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(filter_logits(logits, params), dim=-1)
+    # Drawn on the CPU with the CPU generator: the same draws whatever the device (NPU / CUDA / CPU).
+    probs = torch.softmax(filter_logits(logits, params), dim=-1).cpu()
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
