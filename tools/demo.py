@@ -34,7 +34,7 @@ RECIPE = REPO / "examples" / "tiny" / "pretrain_grok1_tiny.sh"
 SFT_RECIPE = REPO / "examples" / "tiny" / "tune_grok1_tiny.sh"
 GENERATE_RECIPE = REPO / "examples" / "tiny" / "generate_grok1_tiny.sh"
 INSTRUCTION = "What is two plus three?"
-TRAIN_ITERS, RESUME_ITERS, SFT_ITERS = 150, 20, 40
+TRAIN_ITERS, RESUME_ITERS, SFT_ITERS = 150, 20, 100  # SFT: 100 steps make the answer take the trained form
 
 
 def _step(title: str) -> None:
@@ -115,6 +115,7 @@ def main() -> int:
     sft_data = instruction_data(tokenizer)
     shutil.rmtree(OUT / "ckpt_sft", ignore_errors=True)
     tuned = train(sft_data, tokenizer, OUT / "logs" / "sft", "--train-iters", str(SFT_ITERS),
+                  "--save-interval", str(SFT_ITERS), "--eval-interval", str(SFT_ITERS // 2),
                   recipe=SFT_RECIPE, load=OUT / "ckpt", save=OUT / "ckpt_sft")
     _step("generate from the pretrained model (greedy) and ask the SFT model one instruction (chatml)")
     story = generate(OUT / "ckpt", tokenizer)
@@ -129,7 +130,8 @@ def main() -> int:
           f"{statistics.median(m['tflops_per_device'] for m in steady):.4f} (8 CPU ranks on shared cores)")
     print(f"SFT lm loss (trained tokens only): first {tuned[0]['lm_loss']:.3f} -> last {tuned[-1]['lm_loss']:.3f} | "
           f"padding {tuned[-1]['padding_fraction']:.1%} | trained tokens/s {tuned[-1]['trained_tokens_per_sec']:.0f}")
-    print(f"pretrained model, greedy: {story['prompt']!r} -> {story['output']!r}")
+    print(f"pretrained model, greedy: {story['prompt']!r} -> {story['output']!r} (150 steps of a tiny model: "
+          "expect repetition)")
     print(f"SFT model: {INSTRUCTION!r} -> {answer['output']!r} ({answer['finish_reason']})")
     print(f"logs: {OUT / 'logs'} (metrics.jsonl, run_info.json); report: "
           f"python tools/benchmark.py --log-dir {OUT / 'logs' / 'train'}")
