@@ -45,7 +45,7 @@ def inspect_checkpoint(load_dir: str | Path, flavor: str | None = None) -> Check
 
     With ``flavor`` (--model) the checkpoint's model must be that flavor's architecture; every field
     that differs is named."""
-    from moetrain.checkpoint_formats.directory import read_meta
+    from moetrain.checkpoint_formats.directory import META_FILE, TRACKER_FILE, read_meta
     from moetrain.checkpoint_formats.legacy import (
         LegacyCheckpointError,
         is_legacy_checkpoint,
@@ -83,11 +83,11 @@ def inspect_checkpoint(load_dir: str | Path, flavor: str | None = None) -> Check
         ckpt = torch_dist_dir(path)
         if ckpt is None:
             raise ConfigError(f"--load {path}: not a checkpoint moetrain can read (a trainer checkpoint with "
-                              "latest_checkpointed_iteration.txt, a converted per-rank Megatron checkpoint, or a "
+                              f"{TRACKER_FILE}, a converted per-rank Megatron checkpoint, or a "
                               "Hugging Face directory with config.json)")
         meta = read_meta(ckpt)
         if meta is None and wanted is None:
-            raise ConfigError(f"--load {ckpt} has no moetrain.json; give the architecture with --model <flavor>")
+            raise ConfigError(f"--load {ckpt} has no {META_FILE}; give the architecture with --model <flavor>")
         cfg = ModelConfig.from_dict(meta["model_config"]) if meta else wanted
         info = CheckpointInfo(path, "trainer", cfg, _trainer_tokenizer(meta), flavor=flavor)
     if wanted is not None:

@@ -64,7 +64,7 @@ def build_parser(prog: str = "moetrain-generate") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Generate text from a moetrain, converted or HF checkpoint.")
     a = p.add_argument
     a("--load", required=True, help="trainer checkpoint, converted (convert_ckpt.py) or Hugging Face directory")
-    a("--model", help="flavor (e.g. grok1-tiny): needed for a dist-checkpoint without moetrain.json; "
+    a("--model", help="flavor (e.g. grok1-tiny): needed for a dist-checkpoint without moetrain's metadata; "
                       "otherwise checked against the checkpoint")
     a("--device", choices=("npu", "cuda", "cpu"), help="default: auto (npu > cuda > cpu)")
     a("--tensor-model-parallel-size", type=int, default=1)
