@@ -61,24 +61,13 @@ def main(argv: list[str] | None = None, prog: str = "moetrain-pretrain") -> int:
     except _USER_ERRORS as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
-    import torch.distributed as dist
-
     from moetrain.device import setup_device
-    from moetrain.device.process_group import init_process_group
+    from moetrain.device.process_group import run_in_process_group
     from moetrain.training.loop import TrainingError
 
     backend = setup_device(run.cfg.device)
-    created = init_process_group(backend)  # torchrun's group, or 1 process for plain `python -m`
-    try:
-        _workflow(run)(run, backend)
-    except (TrainingError, *_USER_ERRORS) as e:
-        if dist.get_rank() == 0:
-            print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if created and dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
+    # torchrun's group, or 1 process for plain `python -m`
+    return run_in_process_group(backend, lambda: _workflow(run)(run, backend), (TrainingError, *_USER_ERRORS), prog)
 
 
 if __name__ == "__main__":

@@ -18,3 +18,23 @@ def init_process_group(backend) -> bool:
                           RANK="0", WORLD_SIZE="1")
     dist.init_process_group(backend.dist_backend)
     return True
+
+
+def run_in_process_group(backend, job, user_errors: tuple[type[BaseException], ...], prog: str) -> int:
+    """Run ``job()`` in the job's process group: exit status 0, or 1 with one line from rank 0 when
+    it raises one of ``user_errors`` (a message meant for the user, not a traceback per rank)."""
+    import sys
+
+    import torch.distributed as dist
+
+    created = init_process_group(backend)
+    try:
+        job()
+    except user_errors as e:
+        if dist.get_rank() == 0:
+            print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if created and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0

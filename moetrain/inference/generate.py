@@ -126,10 +126,8 @@ def run(prepared: PreparedGeneration, backend) -> list[dict]:
 
 def main(argv: list[str] | None = None, prog: str = "moetrain-generate") -> int:
     warnings.filterwarnings("ignore", category=UserWarning, module="megatron")
-    import torch.distributed as dist
-
     from moetrain.device import get_backend, setup_device
-    from moetrain.device.process_group import init_process_group
+    from moetrain.device.process_group import run_in_process_group
 
     try:
         cfg = parse_args(argv, prog)
@@ -142,18 +140,7 @@ def main(argv: list[str] | None = None, prog: str = "moetrain-generate") -> int:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     backend = setup_device(cfg.device)
-    created = init_process_group(backend)
-    try:
-        run(prepared, backend)
-    except _USER_ERRORS as e:
-        if dist.get_rank() == 0:
-            print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if created and dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
-
+    return run_in_process_group(backend, lambda: run(prepared, backend), _USER_ERRORS, prog)
 
 if __name__ == "__main__":
     sys.exit(main())
