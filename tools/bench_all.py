@@ -1,6 +1,6 @@
 """`make bench`: every benchmark of the project, one after the other, each writing its own results.
 
-    python tools/bench_all.py [--only preprocess,convert,throughput,planner,train]
+    python tools/bench_all.py [--only preprocess,convert,throughput,generate,planner,train]
 
 Results: docs/bench/*.json (machine-readable) and the sections of docs/benchmarks.md. A benchmark
 whose script is missing or fails is reported, and the others still run; the exit code is non-zero
@@ -23,6 +23,8 @@ BENCHMARKS = {
     "preprocess": [PY, "tools/bench_preprocess.py"],
     "convert": [PY, "tools/bench_convert.py"],
     "throughput": [PY, "tools/bench_throughput.py"],
+    # Generation on one CPU process, side by side with HF generate on the same weights.
+    "generate": [PY, "tools/bench_generate.py"],
     "planner": [PY, "tools/bench_planner.py"],
     # A real training run of the tiny Grok-1 recipe (TP2 PP2 EP2 on 8 CPU ranks), then its report.
     "train": [PY, "tools/bench_train.py"],
