@@ -226,3 +226,12 @@ def test_reference_table_and_override():
             pass
     assert get_kernels() is before
     assert F.silu is activation_function("swiglu")
+
+
+def test_sdpa_causal_with_fewer_queries_than_keys_is_bottom_right_aligned():
+    """A KV-cached query block (sq < sk) sees keys up to its own position, in both kernels."""
+    from moetrain.kernels.attention import attention_sdpa
+
+    q, _, _ = _qkv(heads=4, groups=2, s=3, seed=4)
+    _, k, v = _qkv(heads=4, groups=2, s=7, seed=5)
+    torch.testing.assert_close(attention_sdpa(q, k, v, 0.3, None, True), attention_reference(q, k, v, 0.3, None, True))

@@ -2,8 +2,8 @@
 """CPU generation benchmark: moetrain's generation loop vs Hugging Face ``generate`` (KV cache), same weights.
 
 One dense (Llama) and one MoE (Mixtral, 8 experts top-2) model of the same shape (hidden 256, FFN 512,
-4 layers, 8 heads, 4 KV heads, vocab 2048, seq_length 512, fp32, random weights) are written as a
-Hugging Face directory; HF runs the in-memory model (its default attention and experts kernels),
+4 layers, 8 heads, 4 KV heads, vocab 2048, seq_length 512, fp32, random weights), and a wider dense one
+(hidden 1024, FFN 4096, 16 heads, vocab 32000; batch 1 only), are each written as a Hugging Face directory; HF runs the in-memory model (its default attention and experts kernels),
 moetrain loads the directory through ``moetrain.inference.loading`` (1 rank, gloo). Prompts of 64
 random tokens, batch 1 and 4, 64 new tokens, greedy, ``torch.set_num_threads(2)``, one process.
 
@@ -42,8 +42,13 @@ sys.path.insert(0, str(ROOT))
 
 SHAPE = dict(num_layers=4, hidden_size=256, ffn_hidden_size=512, num_attention_heads=8, num_query_groups=4,
              vocab_size=2048, seq_length=512)
-MODELS = {"dense": ("llama-tiny", {}), "moe": ("mixtral-tiny", dict(num_experts=8, moe_router_topk=2))}
-PROMPT_LEN, NEW_TOKENS, BATCHES = 64, 64, (1, 4)
+# name: (flavor, changes to SHAPE, batches). "dense-wide" shows where per-layer Python overhead stops
+# mattering: the same depth with 4x the width and a 32k vocabulary.
+MODELS = {"dense": ("llama-tiny", {}, (1, 4)),
+          "moe": ("mixtral-tiny", dict(num_experts=8, moe_router_topk=2), (1, 4)),
+          "dense-wide": ("llama-tiny", dict(hidden_size=1024, ffn_hidden_size=4096, num_attention_heads=16,
+                                            vocab_size=32000), (1,))}
+PROMPT_LEN, NEW_TOKENS = 64, 64
 MIN_MARGIN = 1e-3  # a top-1 / top-2 logit gap below this is a near-tie (fp32 differences are ~1e-6)
 
 
@@ -190,13 +195,13 @@ def main() -> int:
     g = torch.Generator().manual_seed(3)
     cases, kernels = [], {}
     with tempfile.TemporaryDirectory(prefix="bench_generate_") as tmp:
-        for kind, (flavor, extra) in MODELS.items():
-            cfg = get_flavor(flavor, **SHAPE, **extra)
+        for kind, (flavor, extra, batches) in MODELS.items():
+            cfg = get_flavor(flavor, **{**SHAPE, **extra})
             model = write_hf(cfg, Path(tmp) / kind)
             kernels[kind] = {"attention": model.config._attn_implementation,
                              "experts": getattr(model.config, "_experts_implementation", None)}
             gen = moetrain_generator(Path(tmp) / kind)
-            for b in BATCHES:
+            for b in batches:
                 prompts = torch.randint(1, cfg.vocab_size, (b, PROMPT_LEN), generator=g).tolist()
                 print(f"[bench_generate] {kind} batch {b} ...", flush=True)
                 cases.append({"model": kind, **bench_case(gen, model, prompts, args.reps)})
@@ -206,7 +211,7 @@ def main() -> int:
         "date": datetime.date.today().isoformat(), "machine": machine(), "torch": torch.__version__,
         "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "transformers": transformers.__version__, "threads": args.threads, "processes": 1, "reps": args.reps,
-        "shape": {**SHAPE, "dtype": "fp32", "moe": MODELS["moe"][1]}, "hf_kernels": kernels,
+        "shape": {**SHAPE, "dtype": "fp32", "changes": {k: v[1] for k, v in MODELS.items()}}, "hf_kernels": kernels,
         "measured": "wall time of the whole generate call on both sides: TTFT = generate(1 new token); "
                     "decode tokens/s = batch * (N-1) / (time(N) - time(1)), N = 64; medians over reps",
         "cases": cases,

@@ -41,8 +41,8 @@ def attention_npu(q, k, v, scale, softcap=None, causal=True, mask=None, dropout_
     """npu_fusion_attention, BNSD layout, GQA native. No soft-capping (the table falls back)."""
     b, heads, sq, _ = q.shape
     sk = k.shape[2]
-    if mask is None and causal:
-        mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).triu(1)
+    if mask is None and causal:  # bottom-right aligned, as the reference (a KV-cached query block)
+        mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).triu(sk - sq + 1)
     out = _npu().npu_fusion_attention(
         q, k, v, heads, input_layout="BNSD", scale=scale, atten_mask=mask,
         keep_prob=1.0 - dropout_p, sparse_mode=0,

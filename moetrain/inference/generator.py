@@ -51,6 +51,11 @@ class StepTimes:
     decode: list[float] = field(default_factory=list)
 
 
+def _last_position_only(module, args, kwargs):
+    """Forward pre-hook of the output layer: hidden states [s, b, h] -> [1, b, h] (the last position)."""
+    return (args[0][-1:], *args[1:]), kwargs
+
+
 class Generator:
     """Generates from this rank's model chunk (already loaded) under the current process groups.
 
@@ -70,17 +75,26 @@ class Generator:
         self.is_last_stage = ps.is_pipeline_last_stage()
         self.tp_group = ps.get_tensor_model_parallel_group()
         self.tp_size = ps.get_tensor_model_parallel_world_size()
+        self.pp_size = ps.get_pipeline_model_parallel_world_size()
         # One rank samples; the rest receive its tokens (data-parallel replicas, EP ranks included).
         self.is_sampler = (self.is_last_stage and ps.get_tensor_model_parallel_rank() == 0
                            and ps.get_data_parallel_rank() == 0)
         self._synchronize = synchronize or (lambda: None)
         self.times = StepTimes()
+        if self.is_last_stage:
+            # Only the last position's logits are needed: the output layer (the largest GEMM of a
+            # prefill with a big vocabulary) sees that position only.
+            from megatron.core.utils import unwrap_model
+
+            unwrap_model(model).output_layer.register_forward_pre_hook(_last_position_only, with_kwargs=True)
 
     # ------------------------------------------------------------------ one forward
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor | None:
         """Logits of each row's last position, ``[b, vocab_size]`` fp32, on last-stage ranks (else None).
 
-        tokens, positions: [b, s]; mask: [b, 1, s, keys] bool, True where attention is not allowed.
+        tokens, positions: [b, s]; mask: [b, 1, s, keys] bool, True where attention is not allowed
+        (None: causal over all keys, the cache's included).
         """
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -99,22 +113,38 @@ class Generator:
             return output, last_position
 
         try:
-            out = get_forward_backward_func()(
-                forward_step_func=step, data_iterator=iter([None]), model=[self.model], num_microbatches=1,
-                seq_length=s, micro_batch_size=b, forward_only=True)
+            if self.pp_size == 1:  # one stage: no activations to pass, the schedule would only add overhead
+                local = self.model(tokens, positions, mask)[:, -1, :].float()
+            else:
+                out = get_forward_backward_func()(
+                    forward_step_func=step, data_iterator=iter([None]), model=[self.model], num_microbatches=1,
+                    seq_length=s, micro_batch_size=b, forward_only=True)
+                local = out[0]["logits"] if self.is_last_stage else None
         finally:
             rotary_positions(self.model).positions = None
         if not self.is_last_stage:
             return None
-        local = out[0]["logits"]
         if self.tp_size > 1:
             parts = [torch.empty_like(local) for _ in range(self.tp_size)]
             dist.all_gather(parts, local.contiguous(), group=self.tp_group)
             local = torch.cat(parts, dim=-1)
         return local[:, : self.vocab_size]
 
+    @staticmethod
+    def _padding_mask(query: torch.Tensor, real_key: torch.Tensor) -> torch.Tensor:
+        """[b, 1, s, keys] True where not allowed, for query slots ``query`` ([s]) over every key
+        slot up to the last query: causal, and never a padding key."""
+        keys = int(query[-1]) + 1
+        slots = torch.arange(keys, device=query.device)
+        allowed = (slots[None, :] <= query[:, None])[None] & real_key[:, None, :keys]  # [b, s, keys]
+        # A padding query attends to itself only: keeps its softmax finite, and no real query reads it.
+        allowed |= (slots[None, :] == query[:, None])[None]
+        return ~allowed[:, None]
+
     def _share(self, chosen: torch.Tensor | None, b: int) -> torch.Tensor:
         """The sampler's [b] token ids on every rank (one all-reduce over the world)."""
+        if dist.get_world_size() == 1:
+            return chosen
         shared = torch.zeros(b, dtype=torch.long, device=self.device)
         if self.is_sampler:
             shared.copy_(chosen)
@@ -153,21 +183,18 @@ class Generator:
         real_key = slots[None, :] >= pad[:, None]  # [b, keys]: not a padding slot
         slot_position = (slots[None, :] - pad[:, None]).clamp(min=0)  # [b, keys]
         finished = torch.zeros(b, dtype=torch.bool)
+        padded = bool((lengths != longest).any())
         cache = KVCache.attach(self.model, max_len=longest + budget)
         try:
             start, s = 0, longest
             for step in range(budget):
                 self._synchronize()
                 t0 = time.perf_counter()
-                query = slots[start:start + s]
-                keys = start + s
-                causal = slots[None, :keys] <= query[:, None]  # [s, keys]
-                allowed = causal[None] & real_key[:, None, :keys]  # [b, s, keys]
-                # A padding query attends to itself only: keeps its softmax finite, and no real
-                # query ever reads it.
-                allowed |= (slots[None, :keys] == query[:, None])[None]
                 cache.start = start
-                logits = self.forward(tokens, slot_position[:, start:start + s], ~allowed[:, None])
+                # Without padding the mask is plain causal: the kernels' causal path (bottom-right
+                # aligned over the cache), which fused kernels run faster than an explicit mask.
+                mask = self._padding_mask(slots[start:start + s], real_key) if padded else None
+                logits = self.forward(tokens, slot_position[:, start:start + s], mask)
                 chosen = None
                 if self.is_sampler:
                     chosen = next_tokens(logits, sampling, generator).to(self.device)

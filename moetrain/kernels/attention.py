@@ -9,11 +9,6 @@ import torch
 import torch.nn.functional as F
 
 
-def _expand_kv(t: torch.Tensor, heads: int) -> torch.Tensor:
-    groups = t.shape[1]
-    return t if groups == heads else t.repeat_interleave(heads // groups, dim=1)
-
-
 def attention_reference(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -29,9 +24,12 @@ def attention_reference(
     ``mask`` is boolean, True where attention is *not* allowed (megatron-core's convention),
     broadcastable to [b, heads, sq, sk].
     """
-    heads, sq, sk = q.shape[1], q.shape[2], k.shape[2]
-    k, v = _expand_kv(k, heads), _expand_kv(v, heads)
-    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # [b, heads, sq, sk]
+    b, heads, sq, d = q.shape
+    groups, sk = k.shape[1], k.shape[2]
+    # Grouped KV heads by broadcasting, not copying: head h reads group h // (heads / groups).
+    qg = q.reshape(b, groups, heads // groups, sq, d)  # [b, g, r, sq, d]
+    scores = torch.matmul(qg, k.unsqueeze(2).transpose(-1, -2)).float() * scale  # [b, g, r, sq, sk]
+    scores = scores.reshape(b, heads, sq, sk)
     if softcap is not None:
         scores = softcap * torch.tanh(scores / softcap)
     if causal:
@@ -42,7 +40,8 @@ def attention_reference(
     probs = torch.softmax(scores, dim=-1).to(v.dtype)
     if dropout_p > 0.0:
         probs = F.dropout(probs, p=dropout_p)
-    return torch.matmul(probs, v)
+    out = torch.matmul(probs.reshape(b, groups, heads // groups, sq, sk), v.unsqueeze(2))  # [b, g, r, sq, d]
+    return out.reshape(b, heads, sq, v.shape[-1])
 
 
 def attention_sdpa(
@@ -62,9 +61,16 @@ def attention_sdpa(
     """
     if softcap is not None:
         return attention_reference(q, k, v, scale, softcap, causal, mask, dropout_p)
+    sq, sk = q.shape[2], k.shape[2]
+    if causal and mask is None and sq != sk:
+        # SDPA's is_causal aligns the query block top-left; the reference (and a KV-cached query
+        # block) aligns it bottom-right: query i sees keys up to i + sk - sq.
+        if sq == 1:
+            causal = False  # one query after every key (a decode step) sees them all
+        else:
+            mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).triu(sk - sq + 1)
     attn_mask = None if mask is None else ~mask
-    heads = q.shape[1]
-    k, v = _expand_kv(k, heads), _expand_kv(v, heads)
     return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=causal and mask is None, scale=scale
+        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=causal and mask is None, scale=scale,
+        enable_gqa=k.shape[1] != q.shape[1],  # grouped KV heads without repeating them
     )

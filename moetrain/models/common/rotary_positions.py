@@ -20,6 +20,7 @@ class RotaryPositions:
     def __init__(self, model) -> None:
         self.positions: torch.Tensor | None = None  # [b, s] long
         self.max_position = int(model.max_sequence_length)
+        self._table: torch.Tensor | None = None  # [positions, 1, 1, d], kept once computed
         self._rotary = model.rotary_pos_emb
         self._rotary.register_forward_hook(self._gather)
 
@@ -28,7 +29,11 @@ class RotaryPositions:
             return freqs
         need = int(self.positions.max()) + 1
         if freqs.shape[0] < need:  # angles for the furthest position, not only for 0..s-1
-            freqs = module.forward(need)  # bypasses this hook
+            # A decode step (s = 1) at position p needs rows 0..p: computed once, up to the model's
+            # positions, and kept (the angles depend on the position only).
+            if self._table is None or self._table.shape[0] < need:
+                self._table = module.forward(max(need, self.max_position))  # bypasses this hook
+            freqs = self._table
         table = freqs[:, 0, 0, :]  # [positions, d]
         return table[self.positions.t().to(table.device)].unsqueeze(2)  # [s, b, 1, d]
 
