@@ -57,8 +57,7 @@ def machine() -> str:
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
                  platform.processor() or platform.machine())
     gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    accelerator = "an accelerator present (unused here)" if torch.cuda.is_available() else "no accelerator"
-    return f"{os.cpu_count()} x {model} ({platform.machine()}), {gib:.0f} GiB, {accelerator}"
+    return f"{os.cpu_count()} x {model} ({platform.machine()}), {gib:.0f} GiB, run on the CPU"
 
 
 def write_hf(cfg, path: Path):
