@@ -50,7 +50,7 @@ def write_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path``: temporary sibling, fsync, ``os.replace``, fsync of the directory."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())

@@ -10,7 +10,6 @@ before the process group starts (one message, exit code 2).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import warnings
 
@@ -63,21 +62,11 @@ def _record(prompt, result, text: str) -> dict:
             "finish_reason": result.finish_reason}
 
 
-def _write_jsonl(path: str, records: list[dict]) -> None:
-    """Atomically: a temporary name, then rename, so a half-written file never looks complete."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def run(prepared: PreparedGeneration, backend) -> list[dict]:
     """Generate for a prepared job (torch.distributed initialised); the records (every rank)."""
     import torch.distributed as dist
 
+    from moetrain.checkpoint_formats.directory import write_atomic
     from moetrain.inference.chat import run_chat
     from moetrain.inference.generator import Generator
     from moetrain.inference.loading import load_model
@@ -115,7 +104,8 @@ def run(prepared: PreparedGeneration, backend) -> list[dict]:
                 console.line(f"--- {prompt.where}: {prompt.text}\n{text}")
             records.append(_record(prompt, result, text))
     if cfg.output_file and dist.get_rank() == 0:
-        _write_jsonl(cfg.output_file, records)
+        # A temporary name, then rename: a half-written file never looks complete.
+        write_atomic(cfg.output_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         console.line(f"wrote {len(records)} results to {cfg.output_file}")
     t = generator.times
     if t.decode:

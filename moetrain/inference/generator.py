@@ -102,20 +102,16 @@ class Generator:
 
         b, s = tokens.shape
         rotary_positions(self.model).positions = positions
-
-        def step(data_iterator, model_chunk):
-            del data_iterator
-            output = model_chunk(tokens, positions, mask)
-
-            def last_position(out):  # [b, s, vocab / tp] -> [b, vocab / tp]
-                return torch.zeros((), device=out.device), {"logits": out[:, -1, :].float()}
-
-            return output, last_position
-
         try:
             if self.pp_size == 1:  # one stage: no activations to pass, the schedule would only add overhead
                 local = self.model(tokens, positions, mask)[:, -1, :].float()
             else:
+                def step(data_iterator, model_chunk):
+                    def last_position(out):  # [b, s, vocab / tp] -> [b, vocab / tp]
+                        return torch.zeros((), device=out.device), {"logits": out[:, -1, :].float()}
+
+                    return model_chunk(tokens, positions, mask), last_position
+
                 out = get_forward_backward_func()(
                     forward_step_func=step, data_iterator=iter([None]), model=[self.model], num_microbatches=1,
                     seq_length=s, micro_batch_size=b, forward_only=True)
