@@ -173,8 +173,20 @@ def model_uses_kernel_table(rank, world, flavor):
 
         return call
 
-    with override_kernels(**{k: recorder(k) for k in ("rms_norm", "rotary", "glu", "attention", "grouped_gemm")}):
+    with override_kernels(**{k: recorder(k) for k in ("rms_norm", "rotary", "glu", "attention", "softcap_attention", "grouped_gemm")}):
         with torch.no_grad():
             recorded = model(tokens, position_ids, None)
     return {"calls": dict(calls), "same_output": torch.equal(reference, recorded),
-            "num_layers": cfg.num_layers, "sandwich": cfg.sandwich_norm, "variants": dict(base.variants)}
+            "num_layers": cfg.num_layers, "sandwich": cfg.sandwich_norm, "variants": dict(base.variants),
+            "train_step_ops": _profiled_train_step_ops(model, tokens, position_ids)}
+
+
+def _profiled_train_step_ops(model, tokens, position_ids) -> dict[str, int]:
+    """aten op counts of one forward + backward under torch.profiler (the experts' GEMMs)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model.train()
+    labels = torch.roll(tokens, -1, 1)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(tokens, position_ids, None, labels=labels).float().mean().backward()
+    return {e.key: e.count for e in prof.key_averages() if e.key in ("aten::_grouped_mm", "aten::mm", "aten::matmul")}

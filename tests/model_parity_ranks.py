@@ -52,6 +52,8 @@ def logits_loss_grads(rank, world, cfg, tp, pp, ep, hf_path, tokens, labels, gra
     """
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    from moetrain.models.common.experts import per_expert_items
+
     hf_state = torch.load(hf_path, weights_only=True)
     model, coord, config = build_loaded_model(cfg, tp, pp, ep, hf_state, num_layer_list)
     b, s = tokens.shape
@@ -90,8 +92,8 @@ def logits_loss_grads(rank, world, cfg, tp, pp, ep, hf_path, tokens, labels, gra
     loss = float(out[0]["loss"]) if out else None
     # Expert params (megatron marks them allreduce=False) are replicated over TP ranks under
     # expert-TP 1 and see different tokens on each; the parent sums them like megatron's DDP would.
-    grads = {n: (p.grad.detach().clone(), not getattr(p, "allreduce", True)) for n, p in model.named_parameters()
-             if p.grad is not None and any(n.endswith(g) for g in grad_names)}
+    grads = {n: (g.detach().clone(), not getattr(p, "allreduce", True)) for name, p in model.named_parameters()
+             if p.grad is not None for n, g in per_expert_items(name, p.grad) if any(n.endswith(x) for x in grad_names)}
     return coord, logits, loss, grads
 
 

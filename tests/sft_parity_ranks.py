@@ -15,6 +15,7 @@ def sft_cases(rank, world, cfg, hf_path, cases):
     """
     from model_parity_ranks import build_loaded_model
 
+    from moetrain.models.common.experts import per_expert_items
     from moetrain.models.common.rotary_positions import rotary_positions
     from moetrain.training.sft_step import sft_forward_step
 
@@ -29,8 +30,9 @@ def sft_cases(rank, world, cfg, hf_path, cases):
         loss_sum, num_tokens, report = loss_func(output)
         loss_sum.backward()
         grads = {}
-        for n, p in model.named_parameters():
-            grads[n] = p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+        for pname, p in model.named_parameters():
+            for n, g in per_expert_items(pname, p.grad if p.grad is not None else torch.zeros_like(p)):
+                grads[n] = g.detach().clone()
         results[name] = {"per_token": output.detach().float().clone(), "loss_sum": float(loss_sum.detach()),
                          "num_tokens": int(num_tokens), "report": report["lm loss"].detach().clone(),
                          "grads": grads}

@@ -25,7 +25,6 @@ from device_ranks import model_uses_kernel_table  # tests/ is on sys.path under 
 from moetrain.device import selection
 from moetrain.device.cuda import CudaBackend
 from moetrain.device.npu import NpuBackend
-from moetrain.kernels import table as table_module
 from moetrain.kernels.activations import glu_reference
 from moetrain.kernels.attention import attention_reference
 from moetrain.kernels.grouped_gemm import grouped_gemm_reference
@@ -95,9 +94,9 @@ class FakeNpu:
         self.ops.append(("npu_grouped_matmul", {"group_list": group_list.tolist(), "split_item": split_item,
                                                 "group_type": group_type, "group_list_type": group_list_type}))
         bounds = [0, *group_list.tolist()]
-        counts = [b - a for a, b in zip(bounds, bounds[1:])]
-        # One [E, in, out] tensor, or one [in, out] tensor per expert.
-        return [grouped_gemm_reference(x[0], weight[0] if len(weight) == 1 else weight, counts)]
+        counts = torch.tensor([b - a for a, b in zip(bounds, bounds[1:])])
+        (stacked,) = weight  # one [E, in, out] tensor
+        return [grouped_gemm_reference(x[0], stacked, counts)]
 
     def names(self) -> list[str]:
         return [name for name, _ in self.ops]
@@ -238,40 +237,26 @@ def test_npu_table_attention(fake_npu):
 
 
 def test_npu_table_grouped_gemm(fake_npu):
+    """The stacked experts' transposed view goes in whole; group ends are cumulative, on the device."""
     table = NpuBackend().kernel_table()
-    counts = [2, 0, 3]
-    x, w = torch.randn(5, 4), torch.randn(3, 4, 6)
-    torch.testing.assert_close(table.grouped_gemm(x, w, counts), grouped_gemm_reference(x, w, counts))
+    counts = torch.tensor([2, 0, 3])
+    x, w = torch.randn(5, 4), torch.randn(3, 6, 4)  # w: [E, out, in] as GroupedExperts holds it
+    torch.testing.assert_close(table.grouped_gemm(x, w.transpose(1, 2), counts),
+                               grouped_gemm_reference(x, w.transpose(1, 2), counts))
     (name, kwargs), = fake_npu.ops
     assert name == "npu_grouped_matmul"
     assert kwargs == {"group_list": [2, 2, 5], "split_item": 2, "group_type": 0, "group_list_type": 0}
 
 
-def test_npu_table_grouped_gemm_with_per_expert_weight_views(fake_npu):
-    """The expert layer passes one transposed nn.Linear weight view per expert (no stacking copy)."""
+def test_npu_softcapped_attention_is_the_exact_reference(fake_npu):
+    """npu_fusion_attention has no soft-cap: Grok-1 on Ascend keeps its cap through the reference."""
     table = NpuBackend().kernel_table()
-    counts = [1, 3]
-    x = torch.randn(4, 4)
-    linear_weights = [torch.randn(6, 4), torch.randn(6, 4)]  # nn.Linear layout [out, in]
-    views = [w.t() for w in linear_weights]
-    torch.testing.assert_close(table.grouped_gemm(x, views, counts), grouped_gemm_reference(x, views, counts))
-    (name, kwargs), = fake_npu.ops
-    assert name == "npu_grouped_matmul" and kwargs["group_list"] == [1, 4]
-
-
-def test_npu_softcapped_attention_falls_back_and_logs_once(fake_npu, monkeypatch, caplog):
-    monkeypatch.setattr(table_module, "_SOFTCAP_FALLBACK_LOGGED", False)
-    table = NpuBackend().kernel_table()
+    assert table.attention_for(30.0) is attention_reference
+    assert table.variants["softcap_attention"] == "torch-reference"
     q = k = v = torch.randn(1, 2, 4, 8)
-    with caplog.at_level(logging.WARNING, logger="moetrain.kernels.table"):
-        attend = table.attention_for(30.0)
-        assert attend is attention_reference
-        assert table.attention_for(30.0) is attention_reference
-        out = attend(q, k, v, 0.35, 30.0, True)
-    torch.testing.assert_close(out, attention_reference(q, k, v, 0.35, 30.0))
+    torch.testing.assert_close(table.attention_for(30.0)(q, k, v, 0.35, 30.0, True),
+                               attention_reference(q, k, v, 0.35, 30.0))
     assert fake_npu.ops == []
-    records = [r for r in caplog.records if "cannot soft-cap" in r.getMessage()]
-    assert len(records) == 1 and "npu_fusion_attention" in records[0].getMessage()
 
 
 # ---------------------------------------------------------------- cuda backend
@@ -292,18 +277,18 @@ def fake_flash_attn(monkeypatch):
 
 def test_cuda_table_with_flash_attn_passes_softcap(fake_flash_attn):
     table = CudaBackend().kernel_table()
-    assert table.variants["attention"] == "flash-attn" and table.attention_softcap
+    assert table.variants["attention"] == table.variants["softcap_attention"] == "flash-attn"
     g = torch.Generator().manual_seed(2)
     q = (torch.randn(2, 4, 6, 8, generator=g) * 8).to(torch.bfloat16)
     k, v = (torch.randn(2, 2, 6, 8, generator=g).to(torch.bfloat16) for _ in range(2))
     attend = table.attention_for(30.0)
-    assert attend is table.attention  # no fallback: flash-attn caps natively
+    assert attend is table.attention  # flash-attn caps natively
     out = attend(q, k, v, 0.25, 30.0, True)
     assert fake_flash_attn == [{"shape": (2, 6, 4, 8), "softmax_scale": 0.25, "causal": True, "softcap": 30.0}]
     torch.testing.assert_close(out, attention_reference(q, k, v, 0.25, 30.0))
     table.attention_for(None)(q, k, v, 0.25, None, True)
     assert fake_flash_attn[-1]["softcap"] == 0.0  # flash-attn's "no cap"
-    # fp32 (flash-attn is fp16/bf16 only): the reference, flash-attn not called
+    # fp32 (flash-attn is fp16/bf16 only): flex (on CPU: uncompiled), flash-attn not called
     table.attention(q.float(), k.float(), v.float(), 0.25, 30.0, True)
     assert len(fake_flash_attn) == 2
 
@@ -338,8 +323,12 @@ def test_model_layers_call_the_kernel_table():
     calls = out["calls"]
     assert out["sandwich"]
     assert calls["rms_norm"] == 4 * layers + 1  # four sandwich norms per layer + the final norm
-    assert calls["attention"] == layers
+    assert calls["softcap_attention"] == layers and "attention" not in calls  # Grok-1 is soft-capped
     assert calls["rotary"] == 2 * layers  # q and k
     assert calls["glu"] == layers  # once per MoE layer, on all its routed tokens
     assert calls["grouped_gemm"] == 2 * layers  # fc1 and fc2 of the experts
     assert out["same_output"]  # the recorders delegate, so the logits are unchanged
+    # A training step runs each expert projection of each layer as one grouped GEMM: forward (fc1,
+    # fc2), and backward's input and weight gradients of both; no per-expert GEMM loop.
+    assert out["variants"]["grouped_gemm"] == "torch-grouped-mm"
+    assert out["train_step_ops"]["aten::_grouped_mm"] == 6 * layers

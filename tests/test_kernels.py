@@ -10,10 +10,10 @@ import torch.nn.functional as F
 
 from moetrain.kernels.activations import activation_function, glu_reference
 from moetrain.kernels.attention import attention_reference, attention_sdpa
-from moetrain.kernels.grouped_gemm import grouped_gemm_reference
+from moetrain.kernels.grouped_gemm import grouped_gemm_reference, grouped_gemm_torch
 from moetrain.kernels.rms_norm import rms_norm_reference
 from moetrain.kernels.rotary import rotary_reference
-from moetrain.kernels.table import get_kernels, override_kernels, reference_table
+from moetrain.kernels.table import apply_overrides, get_kernels, override_kernels, reference_table
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -184,7 +184,7 @@ def test_grouped_gemm_matches_per_expert_loop_with_an_empty_expert():
     counts = [3, 0, 5, 2]
     x = torch.randn(sum(counts), 6, generator=g)
     w = torch.randn(len(counts), 6, 4, generator=g)
-    out = grouped_gemm_reference(x, w, counts)
+    out = grouped_gemm_reference(x, w, torch.tensor(counts))
     assert out.shape == (10, 4)
     rows, start = [], 0
     for e, n in enumerate(counts):
@@ -193,25 +193,59 @@ def test_grouped_gemm_matches_per_expert_loop_with_an_empty_expert():
         start += n
     torch.testing.assert_close(out, torch.stack(rows))
     # no tokens at all
-    empty = grouped_gemm_reference(x[:0], w, [0, 0, 0, 0])
+    empty = grouped_gemm_reference(x[:0], w, torch.zeros(4, dtype=torch.long))
     assert empty.shape == (0, 4)
 
 
-def test_grouped_gemm_accepts_per_expert_linear_weight_views():
+@pytest.mark.parametrize("counts", [[3, 0, 5, 2], [0, 0, 0, 7], [0, 0, 0, 0]])
+def test_torch_grouped_mm_equals_the_loop_forward_and_backward(counts):
+    """One torch._grouped_mm (both directions) against the loop, on the stacked nn.Linear layout
+    [experts, out, in] seen through its transpose, as GroupedExperts passes it. Empty experts get
+    a zero weight gradient."""
     g = _gen()
-    counts = [2, 0, 3]
-    x = torch.randn(sum(counts), 5, generator=g)
-    linear = [torch.randn(7, 5, generator=g) for _ in counts]  # nn.Linear layout [out, in]
-    stacked = torch.stack([w.t() for w in linear])  # [E, in, out]
-    torch.testing.assert_close(grouped_gemm_reference(x, [w.t() for w in linear], counts),
-                               grouped_gemm_reference(x, stacked, counts))
+    w = torch.randn(len(counts), 12, 8, generator=g)  # widths of 16-byte rows, as _grouped_mm needs
+    x = torch.randn(sum(counts), 8, generator=g)
+    grad = torch.randn(sum(counts), 12, generator=g)
+    results = []
+    for gemm in (grouped_gemm_reference, grouped_gemm_torch):
+        xi, wi = x.clone().requires_grad_(), w.clone().requires_grad_()
+        out = gemm(xi, wi.transpose(1, 2), torch.tensor(counts))
+        out.backward(grad)
+        results.append((out.detach(), xi.grad, wi.grad))
+    (ref_out, ref_dx, ref_dw), (out, dx, dw) = results
+    torch.testing.assert_close(out, ref_out, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(dx, ref_dx, rtol=1e-6, atol=1e-6)
+    # The loop gives unused experts no gradient (None -> zeros); the grouped kernel writes zeros.
+    torch.testing.assert_close(dw, ref_dw if ref_dw is not None else torch.zeros_like(w), rtol=1e-6, atol=1e-6)
+    for e, n in enumerate(counts):
+        if n == 0:
+            assert float(dw[e].abs().max()) == 0.0
+
+
+def test_grouped_gemm_with_unaligned_widths_takes_the_loop():
+    x, w, counts = torch.randn(5, 6), torch.randn(2, 7, 6), torch.tensor([2, 3])  # 24- and 28-byte rows
+    torch.testing.assert_close(grouped_gemm_torch(x, w.transpose(1, 2), counts),
+                               grouped_gemm_reference(x, w.transpose(1, 2), counts))
+
+
+def test_torch_grouped_mm_backward_takes_a_broadcast_gradient():
+    """torch's own derivative of _grouped_mm refuses the expanded gradient of ``out.sum()``."""
+    x = torch.randn(5, 4, requires_grad=True)
+    w = torch.randn(2, 8, 4, requires_grad=True)
+    grouped_gemm_torch(x, w.transpose(1, 2), torch.tensor([2, 3])).sum().backward()
+    ref_x, ref_w = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    grouped_gemm_reference(ref_x, ref_w.transpose(1, 2), torch.tensor([2, 3])).sum().backward()
+    torch.testing.assert_close(x.grad, ref_x.grad)
+    torch.testing.assert_close(w.grad, ref_w.grad)
 
 
 # ---------------------------------------------------------------- table
 def test_reference_table_and_override():
     table = reference_table()
     assert table.attention is attention_sdpa and table.rms_norm is rms_norm_reference
-    assert table.attention_for(30.0) is attention_sdpa  # SDPA caps by delegating to the reference
+    assert table.attention_for(30.0) is attention_reference  # soft-capped: the exact reference
+    assert table.attention_for(None) is attention_sdpa
+    assert table.grouped_gemm is grouped_gemm_torch and table.variants["grouped_gemm"] == "torch-grouped-mm"
     before = get_kernels()
 
     def fake(*args):
@@ -226,6 +260,23 @@ def test_reference_table_and_override():
             pass
     assert get_kernels() is before
     assert F.silu is activation_function("swiglu")
+
+
+def test_kernel_overrides_by_variant_name(monkeypatch):
+    table = apply_overrides(reference_table(), "grouped_gemm=torch-loop, attention=torch-reference")
+    assert table.grouped_gemm is grouped_gemm_reference and table.attention is attention_reference
+    assert table.variants["grouped_gemm"] == "torch-loop" and table.variants["attention"] == "torch-reference"
+    assert apply_overrides(reference_table(), "") == reference_table()
+    with pytest.raises(ValueError, match="unknown kernel 'expert_gemm'.*kernels: attention"):
+        apply_overrides(reference_table(), "expert_gemm=torch-loop")
+    with pytest.raises(ValueError, match="grouped_gemm has no variant 'cutlass' here; choose from torch-loop"):
+        apply_overrides(reference_table(), "grouped_gemm=cutlass")
+    # The device setup applies MOETRAIN_KERNELS to the backend's table.
+    from moetrain.device.cpu import CpuBackend
+    from moetrain.device.selection import kernel_table_for
+
+    monkeypatch.setenv("MOETRAIN_KERNELS", "grouped_gemm=torch-loop")
+    assert kernel_table_for(CpuBackend()).variants["grouped_gemm"] == "torch-loop"
 
 
 def test_sdpa_causal_with_fewer_queries_than_keys_is_bottom_right_aligned():

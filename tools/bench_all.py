@@ -28,6 +28,7 @@ BENCHMARKS = {
     "planner": [PY, "tools/bench_planner.py"],
     # A real training run of the tiny Grok-1 recipe (TP2 PP2 EP2 on 8 CPU ranks), then its report.
     "train": [PY, "tools/bench_train.py"],
+    "attention_memory": [PY, "tools/bench_attention_memory.py"],
 }
 
 

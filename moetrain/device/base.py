@@ -67,5 +67,10 @@ class DeviceBackend:
     def kernel_table(self) -> KernelTable:
         return reference_table()
 
+    def kernel_variants(self) -> dict[str, dict]:
+        """This backend's own kernel variants by kernel and name, selectable through MOETRAIN_KERNELS
+        next to the pure-torch ones (moetrain.kernels.table.TORCH_VARIANTS)."""
+        return {}
+
     def describe(self) -> str:
         return f"{self.name} ({self.device_name()}), collectives: {self.dist_backend}"

@@ -1,4 +1,5 @@
-"""NVIDIA GPUs: nccl collectives; flash-attn / torch fused kernels when importable."""
+"""NVIDIA GPUs: nccl collectives; flash-attn / torch fused kernels when importable, else compiled
+flex_attention for soft-capped attention (Grok-1)."""
 
 from __future__ import annotations
 
@@ -44,4 +45,14 @@ class CudaBackend(DeviceBackend):
         table = reference_table()
         if importlib.util.find_spec("flash_attn") is not None:
             table = cuda_kernels.with_flash_attention(table)
+        else:
+            table = cuda_kernels.with_flex_softcap_attention(table)
         return cuda_kernels.with_torch_fused(table)
+
+    def kernel_variants(self) -> dict[str, dict]:
+        from moetrain.device import cuda_kernels
+
+        return {"attention": {"flash-attn": cuda_kernels.attention_flash},
+                "softcap_attention": {"flash-attn": cuda_kernels.attention_flash,
+                                      "flex": cuda_kernels.attention_flex},
+                "rms_norm": {"torch-fused": cuda_kernels.rms_norm_torch_fused}}

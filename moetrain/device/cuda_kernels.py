@@ -7,6 +7,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from moetrain.kernels.attention_flex import attention_flex
 from moetrain.kernels.table import KernelTable
 
 
@@ -25,9 +26,9 @@ def attention_flash(q, k, v, scale, softcap=None, causal=True, mask=None, dropou
     from flash_attn import flash_attn_func
 
     if mask is not None or q.dtype not in (torch.float16, torch.bfloat16):
-        from moetrain.kernels.attention import attention_reference
-
-        return attention_reference(q, k, v, scale, softcap, causal, mask, dropout_p)
+        # flash-attn takes neither a dense mask (packed samples) nor fp32: compiled flex does both
+        # without materialised scores (it falls back to the reference where it cannot, e.g. dropout).
+        return attention_flex(q, k, v, scale, softcap, causal, mask, dropout_p)
     out = flash_attn_func(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout_p,
         softmax_scale=scale, causal=causal, softcap=0.0 if softcap is None else softcap,
@@ -36,5 +37,14 @@ def attention_flash(q, k, v, scale, softcap=None, causal=True, mask=None, dropou
 
 
 def with_flash_attention(table: KernelTable) -> KernelTable:
-    return dataclasses.replace(table, attention=attention_flash, attention_softcap=True,
-                               variants={**table.variants, "attention": "flash-attn"})
+    """flash-attn for both attentions: it soft-caps natively."""
+    return dataclasses.replace(table, attention=attention_flash, softcap_attention=attention_flash,
+                               variants={**table.variants, "attention": "flash-attn",
+                                         "softcap_attention": "flash-attn"})
+
+
+def with_flex_softcap_attention(table: KernelTable) -> KernelTable:
+    """Compiled flex_attention for soft-capped attention where flash-attn is not installed: exact
+    cap, no [b, h, s, s] scores (the reference's). Uncapped attention stays on SDPA."""
+    return dataclasses.replace(table, softcap_attention=attention_flex,
+                               variants={**table.variants, "softcap_attention": "flex"})

@@ -10,6 +10,7 @@ import importlib
 import torch
 
 from moetrain.kernels.activations import glu_reference
+from moetrain.kernels.attention import attention_reference
 from moetrain.kernels.table import KernelTable
 
 
@@ -50,12 +51,12 @@ def attention_npu(q, k, v, scale, softcap=None, causal=True, mask=None, dropout_
     return out[0]
 
 
-def grouped_gemm_npu(x: torch.Tensor, weights, tokens_per_expert: list[int]) -> torch.Tensor:
-    """weights: [experts, in, out] or one [in, out] tensor per expert (see grouped_gemm_reference)."""
-    # group_list holds cumulative token counts (group_list_type 0); split_item 2: one output tensor.
-    offsets = torch.tensor(tokens_per_expert, device=x.device).cumsum(0)
-    weight_list = [weights] if isinstance(weights, torch.Tensor) else list(weights)
-    return _npu().npu_grouped_matmul([x], weight_list, group_list=offsets, split_item=2, group_type=0,
+def grouped_gemm_npu(x: torch.Tensor, weights: torch.Tensor, tokens_per_expert: torch.Tensor) -> torch.Tensor:
+    """weights: [experts, in, out] (a transposed view of the stacked experts; see grouped_gemm.py)."""
+    # group_list holds cumulative token counts on the device (group_list_type 0: no host sync);
+    # split_item 2 / group_type 0: one output tensor, groups along the token dim.
+    offsets = torch.cumsum(tokens_per_expert, 0)
+    return _npu().npu_grouped_matmul([x], [weights], group_list=offsets, split_item=2, group_type=0,
                                      group_list_type=0)[0]
 
 
@@ -65,8 +66,10 @@ def npu_table() -> KernelTable:
         rotary=rotary_npu,
         glu=glu_npu,
         attention=attention_npu,
-        attention_softcap=False,
+        # npu_fusion_attention cannot soft-cap: Grok-1 keeps its exact cap through the torch reference.
+        softcap_attention=attention_reference,
         grouped_gemm=grouped_gemm_npu,
         variants={"rms_norm": "npu_rms_norm", "rotary": "npu_rotary_mul", "glu": "npu_swiglu",
-                  "attention": "npu_fusion_attention", "grouped_gemm": "npu_grouped_matmul"},
+                  "attention": "npu_fusion_attention", "softcap_attention": "torch-reference",
+                  "grouped_gemm": "npu_grouped_matmul"},
     )

@@ -8,7 +8,7 @@ from moetrain.device.base import DeviceBackend
 from moetrain.device.cpu import CpuBackend
 from moetrain.device.cuda import CudaBackend
 from moetrain.device.npu import NpuBackend
-from moetrain.kernels.table import set_kernels
+from moetrain.kernels.table import apply_overrides, env_overrides, set_kernels
 
 BACKENDS: dict[str, type[DeviceBackend]] = {"npu": NpuBackend, "cuda": CudaBackend, "cpu": CpuBackend}
 AUTO_ORDER = ("npu", "cuda", "cpu")
@@ -44,11 +44,17 @@ def get_backend(name: str | None = None) -> DeviceBackend:
 
 
 def setup_device(name: str | None = None) -> DeviceBackend:
-    """Select, set up (redirections, MindSpeed, ...) and install the backend's kernel table."""
+    """Select, set up (redirections, MindSpeed, ...) and install the backend's kernel table, with the
+    MOETRAIN_KERNELS overrides (moetrain.kernels.table) applied."""
     backend = get_backend(name)
     backend.setup()
-    set_kernels(backend.kernel_table())
+    set_kernels(kernel_table_for(backend))
     return backend
+
+
+def kernel_table_for(backend: DeviceBackend):
+    """The backend's kernel table with the MOETRAIN_KERNELS overrides applied."""
+    return apply_overrides(backend.kernel_table(), env_overrides(), backend.kernel_variants())
 
 
 def reset_backend_for_tests() -> None:

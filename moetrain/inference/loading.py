@@ -124,6 +124,7 @@ def load_model(info: CheckpointInfo, dims, dtype: str, batch_p2p_comm: bool):
     from megatron.core import parallel_state as ps
     from megatron.core.transformer.module import Float16Module
 
+    from moetrain.device import get_backend
     from moetrain.models.builder import build_model
     from moetrain.models.param_count import padded_vocab_size
     from moetrain.models.weight_maps import RankCoord, ShardLayout, WeightMapError, hf_to_mcore
@@ -132,7 +133,10 @@ def load_model(info: CheckpointInfo, dims, dtype: str, batch_p2p_comm: bool):
     cfg = inference_model_config(info.model_cfg)
     config = build_transformer_config(cfg, dims, RuntimeOptions(dtype=dtype, batch_p2p_comm=batch_p2p_comm))
     padded = padded_vocab_size(cfg.vocab_size, dims.tp)
-    model = build_model(cfg, config, padded)
+    # megatron-core's parallel linears allocate on the device, moetrain's own modules (norms, the
+    # stacked experts) on the default one; training's DDP moves every parameter into its device
+    # buffers, generation has no DDP: move them here (a no-op on CPU).
+    model = build_model(cfg, config, padded).to(get_backend().device())
     coord = RankCoord(ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank(),
                       ps.get_expert_model_parallel_rank())
     layout = ShardLayout(tp=dims.tp, pp=dims.pp, ep=dims.ep, num_layer_list=dims.num_layer_list,

@@ -2,7 +2,7 @@
 
 One decoder layer:
     input_layernorm (RMSNorm) -> SelfAttention(linear_qkv, CoreAttention, linear_proj) -> +residual
-    pre_mlp_layernorm (RMSNorm) -> MLP (dense) or MoELayer(router, grouped-GEMM experts) -> +residual
+    pre_mlp_layernorm (RMSNorm) -> MLP (dense) or MoELayer(router, GroupedExperts) -> +residual
 A family's ``spec.py`` composes these (Grok-1 adds its post norms and the soft-cap:
 ``moetrain/models/grok1/spec.py``). Parameter names are those of megatron-core's local spec; the HF
 weight maps (``moetrain/models/*/weight_map.py``) rely on them.
@@ -23,7 +23,7 @@ from megatron.core.transformer.transformer_layer import TransformerLayer, Transf
 
 from moetrain.models.common.activations import GatedActivation
 from moetrain.models.common.core_attention import CoreAttention
-from moetrain.models.common.experts import GroupedGemmExperts
+from moetrain.models.common.experts import GroupedExperts
 from moetrain.models.common.norms import RMSNorm
 from moetrain.models.config import ModelConfig
 
@@ -52,7 +52,7 @@ def mlp_spec(cfg: ModelConfig) -> ModuleSpec:
     gated = MLPSubmodules(linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear, activation_func=glu)
     if not cfg.is_moe:
         return ModuleSpec(module=MLP, submodules=gated)
-    experts = ModuleSpec(module=GroupedGemmExperts, submodules=gated)
+    experts = ModuleSpec(module=GroupedExperts, submodules=gated)
     return ModuleSpec(module=MoELayer, submodules=MoESubmodules(experts=experts))
 
 
