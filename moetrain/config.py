@@ -119,12 +119,20 @@ class DataSection:
     eval_interval: int = 1000
     eval_iters: int = 10
     eod_mask_loss: bool = False
+    # Megatron-LM's --mock-data: megatron-core's MockGPTDataset (synthetic tokens), no --data-path.
+    mock_data: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mock_data and self.data_path:
+            raise ConfigError(f"--mock-data and --data-path {' '.join(self.data_path)} exclude each other: "
+                              "--mock-data trains on synthetic tokens, --data-path on a preprocessed corpus")
 
     def blend(self) -> tuple[list[str], list[float] | None]:
         """(paths, weights) from ``--data-path``; weights None for a single unweighted list."""
         items = list(self.data_path)
         if not items:
-            raise ConfigError("--data-path is required (prefix of a preprocessed .bin/.idx pair)")
+            raise ConfigError("--data-path is required (prefix of a preprocessed .bin/.idx pair), "
+                              "or --mock-data for synthetic tokens")
         if len(items) == 1:
             return items, None
         try:

@@ -94,7 +94,7 @@ def test_dist_checkpoint_tensors_tile_sequential_mlps_global_layout(etp, ep):
     chunks = _tiles(etp, ep)
     experts = LOCAL * ep
     fc1_global = torch.full((5, experts, 2 * FFN, H), float("nan"))
-    for module, tp_rank, sh in chunks["fc1"]:
+    for _, _, sh in chunks["fc1"]:
         assert sh.key == "decoder.layers.mlp.experts.experts.linear_fc1.weight"
         assert sh.global_shape == (5, experts, 2 * FFN, H)
         region = tuple(slice(o, o + n) for o, n in zip(sh.global_offset, (1, *sh.local_shape)))

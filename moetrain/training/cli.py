@@ -25,6 +25,8 @@ _MODEL_SKIP = {"name", "family", "hf_architecture", "published_params", "seq_len
 _HELP = {
     "data_path": "prefix(es) of preprocessed .bin/.idx; blend: '0.3 pathA 0.7 pathB'",
     "split": "train,valid,test proportions, e.g. 969,30,1",
+    "mock_data": "synthetic tokens from megatron-core's MockGPTDataset instead of --data-path (benchmarks, "
+                 "smoke runs); the tokenizer is optional (default: the model's vocabulary)",
     "num_layer_list": "layers per pipeline stage, e.g. '3,5' (ModelLink)",
     "keep_last_k": "keep only the newest K checkpoints",
     "finetune": "load weights only: iteration, optimizer, scheduler and data start from zero",

@@ -25,8 +25,9 @@ __all__ = ["PretrainData", "TrainSummary", "TrainingError", "build_model_and_opt
 
 
 class PretrainData(DataProvider):
-    """Megatron GPTDataset splits of --data-path, read by consumed samples (training/pretrain_data.py);
-    the loss is step.forward_step's (token-weighted cross entropy over ``loss_mask``)."""
+    """Megatron GPTDataset splits of --data-path (MockGPTDataset for --mock-data), read by consumed
+    samples (training/pretrain_data.py); the loss is step.forward_step's (token-weighted cross entropy
+    over ``loss_mask``)."""
 
     def build(self, trainer: Trainer):
         from moetrain.training import pretrain_data as data_mod
@@ -34,10 +35,13 @@ class PretrainData(DataProvider):
         cfg, t = trainer.run.cfg, trainer.run.cfg.training
         sizes = data_mod.dataset_sizes(t.train_iters, t.global_batch_size, cfg.data.eval_interval,
                                        cfg.data.eval_iters)
-        trainer.logger.console(f"building dataset indices for {' '.join(cfg.data.blend()[0])} "
-                               f"(split {cfg.data.split}) ...")
+        if cfg.data.mock_data:
+            trainer.logger.console("building mock dataset indices (megatron-core MockGPTDataset, split 1,1,1) ...")
+        else:
+            trainer.logger.console(f"building dataset indices for {' '.join(cfg.data.blend()[0])} "
+                                   f"(split {cfg.data.split}) ...")
         train_ds, valid_ds, _ = data_mod.build_datasets(cfg.data, trainer.run.tokenizer, trainer.run.seq_length,
-                                                        t.seed, sizes)
+                                                        t.seed, sizes, vocab_size=trainer.run.model_cfg.vocab_size)
         return train_ds, valid_ds
 
     def iterator(self, trainer: Trainer, dataset, start_sample: int):

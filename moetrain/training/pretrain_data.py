@@ -4,6 +4,11 @@ The position in the data is one integer, the number of samples consumed so far. 
 is samples ``[k*gbs, (k+1)*gbs)``; micro-batch ``j`` of it holds ``mbs * dp`` consecutive samples,
 of which data-parallel rank ``r`` takes ``[r*mbs, (r+1)*mbs)`` (Megatron's pretraining sampler). So
 a resumed run, or a run with another DP size, sees exactly the same global batches.
+
+``--mock-data`` (Megatron-LM's meaning) builds megatron-core's own ``MockGPTDataset`` through the same
+``BlendedMegatronDatasetBuilder``: a config with no blend is a mock config, split 1,1,1. Its
+documents are fixed (a hard-coded seed) and the sample order comes from ``--seed``, so it is read by
+consumed samples exactly like a real corpus and a resumed run sees the same batches.
 """
 
 from __future__ import annotations
@@ -29,21 +34,41 @@ def dataset_sizes(train_iters: int, global_batch_size: int, eval_interval: int, 
                         test=eval_iters * global_batch_size)
 
 
-def build_datasets(data: DataSection, tokenizer, seq_length: int, seed: int, sizes: DatasetSizes):
-    """(train, valid, test) GPTDatasets (None for an empty split). Collective on every rank."""
-    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
-    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+def mock_tokenizer(vocab_size: int):
+    """What MockGPTDataset reads from a tokenizer (``vocab_size``, ``eod``) when none is given:
+    megatron-core's NullTokenizer sized so that every token, the EOD id included, is below the
+    model's ``vocab_size`` (NullTokenizer(n) has n + 1 ids, EOD = n)."""
+    from megatron.core.tokenizers import MegatronTokenizer
 
-    paths, weights = data.blend()
+    return MegatronTokenizer.from_pretrained(metadata_path={"library": "null"}, vocab_size=vocab_size - 1)
+
+
+def build_datasets(data: DataSection, tokenizer, seq_length: int, seed: int, sizes: DatasetSizes,
+                   vocab_size: int | None = None):
+    """(train, valid, test) GPTDatasets (None for an empty split). Collective on every rank.
+
+    With ``data.mock_data``: MockGPTDatasets; ``tokenizer`` may be None, then ``vocab_size`` (the
+    model's) sizes the synthetic tokens."""
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
+
+    if data.mock_data:
+        if tokenizer is None:
+            if vocab_size is None:
+                raise ValueError("--mock-data without a tokenizer needs the model's vocab_size")
+            tokenizer = mock_tokenizer(vocab_size)
+        cls, blend, split = MockGPTDataset, None, None  # no blend: megatron-core's mock config
+    else:
+        cls, blend, split = GPTDataset, data.blend(), data.split
     config = GPTDatasetConfig(
-        random_seed=seed, sequence_length=seq_length, blend=(paths, weights), split=data.split,
+        random_seed=seed, sequence_length=seq_length, blend=blend, split=split,
         path_to_cache=data.data_cache_path, tokenizer=tokenizer, reset_position_ids=False,
         reset_attention_mask=False, eod_mask_loss=data.eod_mask_loss,
         # The model applies its causal mask itself; a [b,1,s,s] mask per sample is wasted memory.
         create_attention_mask=False, mmap_bin_files=True,
     )
     # Every rank reads the data (cheap: memory-mapped); megatron builds the index caches on rank 0 first.
-    builder = BlendedMegatronDatasetBuilder(GPTDataset, [sizes.train, sizes.valid, sizes.test], lambda: True, config)
+    builder = BlendedMegatronDatasetBuilder(cls, [sizes.train, sizes.valid, sizes.test], lambda: True, config)
     return tuple(builder.build())
 
 

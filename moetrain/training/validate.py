@@ -118,6 +118,10 @@ def log_dir_for(cfg: PretrainConfig) -> Path:
 
 def resolve(cfg: PretrainConfig, world_size: int, dist_backend: str = "gloo") -> ResolvedRun:
     t = cfg.training
+    if cfg.data.mock_data and cfg.sft.is_instruction_dataset:
+        raise ConfigError("--mock-data is synthetic pretraining text; --is-instruction-dataset fine-tunes on an "
+                          "instruction --data-path")
+    # --mock-data needs no tokenizer: without one its tokens span the model's vocabulary (pretrain_data).
     tokenizer = _tokenizer(cfg) if cfg.data.data_path or cfg.data.tokenizer_type else None
     model_cfg = _model_config(cfg, tokenizer)
     dims = _dims(cfg, world_size, model_cfg.num_layers, dist_backend)
@@ -151,7 +155,7 @@ def resolve(cfg: PretrainConfig, world_size: int, dist_backend: str = "gloo") ->
         raise ConfigError("--eval-interval must be >= 1")
     if t.train_iters > 0 and cfg.sft.is_instruction_dataset:
         _check_instruction_data(cfg, model_cfg.seq_length)
-    elif t.train_iters > 0:
+    elif t.train_iters > 0 and not cfg.data.mock_data:
         _check_data(cfg)  # last: the files and their content
     return ResolvedRun(cfg=cfg, model_cfg=model_cfg, dims=dims, seq_length=model_cfg.seq_length,
                        num_microbatches=num_microbatches, tokenizer=tokenizer, log_dir=log_dir_for(cfg),
