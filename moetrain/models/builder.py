@@ -4,17 +4,17 @@ the family's layer spec in megatron-core's decoder block, then the family's hook
 from __future__ import annotations
 
 from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.transformer_block import get_num_layers_to_build
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from moetrain.models.common import rope
-from moetrain.models.common.gpt_model import MoetrainGPTModel
 from moetrain.models.common.spec import block_spec
 from moetrain.models.config import ModelConfig
 from moetrain.models.registry import family_of
 
 
-def mark_expert_params(model: MoetrainGPTModel) -> None:
+def mark_expert_params(model: GPTModel) -> None:
     """Tag expert weights ``allreduce=False`` so megatron's DDP reduces them over the
     expert-data-parallel group.
 
@@ -30,14 +30,14 @@ def mark_expert_params(model: MoetrainGPTModel) -> None:
 
 
 def build_model(cfg: ModelConfig, config: TransformerConfig, vocab_size: int,
-                vp_stage: int | None = None) -> MoetrainGPTModel:
+                vp_stage: int | None = None) -> GPTModel:
     """The model chunk this rank holds. ``vocab_size`` is the padded vocabulary."""
     rope.install_rotary_kernel()
     family = family_of(cfg)
     pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
     post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
     num_local_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
-    model = MoetrainGPTModel(
+    model = GPTModel(
         config=config,
         transformer_layer_spec=block_spec(family.layer_spec(cfg), num_local_layers),
         vocab_size=vocab_size,
@@ -54,7 +54,7 @@ def build_model(cfg: ModelConfig, config: TransformerConfig, vocab_size: int,
     return model
 
 
-def build_model_chunks(cfg: ModelConfig, config: TransformerConfig, vocab_size: int) -> list[MoetrainGPTModel]:
+def build_model_chunks(cfg: ModelConfig, config: TransformerConfig, vocab_size: int) -> list[GPTModel]:
     """All chunks of this rank: one, or ``vpp`` with interleaved virtual pipeline stages."""
     vpp = config.virtual_pipeline_model_parallel_size
     if not vpp:
