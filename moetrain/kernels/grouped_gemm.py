@@ -62,4 +62,7 @@ class _GroupedMM(torch.autograd.Function):
 
 
 def grouped_mm_available() -> bool:
-    return hasattr(torch, "_grouped_mm")
+    """torch >= 2.9: a fused kernel on CUDA SM90+ in bf16; elsewhere (other GPUs and dtypes, CPU)
+    torch's own per-group fallback, the same math. torch 2.8 has the op without a CPU kernel."""
+    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
+    return hasattr(torch, "_grouped_mm") and (major, minor) >= (2, 9)
