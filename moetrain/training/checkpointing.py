@@ -114,16 +114,20 @@ def _unshare_adam_steps(optimizer) -> None:
 def _sharded_state_dict(model, optimizer, scheduler, state: TrainState | None, with_optim: bool,
                         is_loading: bool) -> dict:
     model = unwrap_model_chunks(model)
+    # A fresh copy per call: megatron-core stores the current data-parallel group into the metadata
+    # dict in place (ensure_metadata_has_dp_cp_group), and a process that builds another layout
+    # (tests, a planner measurement) would otherwise reuse a stale group for replica ids.
+    metadata = dict(SHARDING_METADATA)
     sd: dict = {}
     if len(model) == 1:
-        sd["model"] = model[0].sharded_state_dict(metadata=SHARDING_METADATA)
+        sd["model"] = model[0].sharded_state_dict(metadata=metadata)
     else:
         for i, chunk in enumerate(model):
-            sd[f"model{i}"] = chunk.sharded_state_dict(metadata=SHARDING_METADATA)
+            sd[f"model{i}"] = chunk.sharded_state_dict(metadata=metadata)
     if with_optim and optimizer is not None:
         if is_loading:
             _init_empty_optimizer_states(optimizer)
-        sd["optimizer"] = optimizer.sharded_state_dict(sd, is_loading=is_loading, metadata=SHARDING_METADATA)
+        sd["optimizer"] = optimizer.sharded_state_dict(sd, is_loading=is_loading, metadata=metadata)
         sd["opt_param_scheduler"] = scheduler.state_dict()
     if state is not None:
         sd["iteration"] = state.iteration
