@@ -189,6 +189,7 @@ class LoraSection:
     lora_dropout: float = 0.0
     # any of linear_qkv linear_proj linear_fc1 linear_fc2 (experts included) router
     lora_target_modules: list[str] = field(default_factory=list)
+    lora_load: str | None = None  # an adapter checkpoint (a LoRA run's --save); the base is --load
 
     def __post_init__(self) -> None:
         if self.lora_target_modules and self.lora_r < 1:

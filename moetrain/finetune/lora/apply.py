@@ -12,8 +12,15 @@ import torch
 from megatron.core.transformer.attention import SelfAttention
 from megatron.core.transformer.mlp import MLP
 from megatron.core.transformer.moe.moe_layer import MoELayer
+from megatron.core.transformer.transformer_layer import TransformerLayer
 
-from moetrain.finetune.lora.layers import ColumnParallelLora, ExpertsLora, RowParallelLora, add_adapter_output
+from moetrain.finetune.lora.layers import (
+    ColumnParallelLora,
+    ExpertsLora,
+    RowParallelLora,
+    add_adapter_output,
+    lora_a_values,
+)
 from moetrain.models.common.experts import GroupedExperts
 
 TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2", "router")
@@ -39,25 +46,42 @@ def _attach(parent: torch.nn.Module, name: str, adapter: torch.nn.Module) -> Non
     getattr(parent, name).register_forward_hook(add_adapter_output(adapter))
 
 
-def apply_lora(chunk: torch.nn.Module, targets: set[str], r: int, alpha: float, dropout: float) -> list[str]:
+def apply_lora(chunk: torch.nn.Module, targets: set[str], r: int, alpha: float, dropout: float,
+               seed: int = 1234) -> list[str]:
     """Adds the adapters to ``chunk`` (a GPTModel, possibly inside Float16Module) and freezes the
-    rest. Returns the names of the trainable parameters."""
+    rest. Initial A values depend on ``seed`` and the global layer / expert only, so every layout
+    starts from the same adapters. Returns the names of the trainable parameters."""
     unknown = set(targets) - set(TARGETS)
     if unknown:
         raise ValueError(f"--lora-target-modules: unknown {sorted(unknown)}; choose from {' '.join(TARGETS)}")
     for param in chunk.parameters():
         param.requires_grad = False
     for module in list(chunk.modules()):
-        if isinstance(module, SelfAttention):
-            _adapt_attention(module, targets, r, alpha, dropout)
-        elif isinstance(module, MLP):  # dense: moetrain's experts are GroupedExperts, not MLPs
-            _adapt_dense_mlp(module, targets, r, alpha, dropout)
-        elif isinstance(module, MoELayer):
-            _adapt_moe(module, targets, r, alpha, dropout)
+        if not isinstance(module, TransformerLayer):
+            continue
+        key = f"{seed}:{module.layer_number}"  # layer_number: global, 1-based
+        if isinstance(module.self_attention, SelfAttention):
+            _adapt_attention(module.self_attention, targets, r, alpha, dropout, key)
+        if isinstance(module.mlp, MoELayer):
+            _adapt_moe(module.mlp, targets, r, alpha, dropout, key)
+        elif isinstance(module.mlp, MLP):
+            _adapt_dense_mlp(module.mlp, targets, r, alpha, dropout, key)
     return [n for n, p in chunk.named_parameters() if p.requires_grad]
 
 
-def _adapt_attention(attn: SelfAttention, targets, r, alpha, dropout) -> None:
+def _init_column(adapter: ColumnParallelLora, key: str) -> None:
+    with torch.no_grad():
+        for piece, a in adapter.lora_A.items():
+            a.copy_(lora_a_values(tuple(a.shape), f"{key}:{piece}"))  # replicated: the whole A
+
+
+def _init_row(adapter: RowParallelLora, in_features: int, tp_rank: int, tp: int, key: str) -> None:
+    r = adapter.lora_A.shape[0]
+    with torch.no_grad():
+        adapter.lora_A.copy_(lora_a_values((r, in_features), key).chunk(tp, dim=1)[tp_rank])
+
+
+def _adapt_attention(attn: SelfAttention, targets, r, alpha, dropout, key: str) -> None:
     cfg = attn.config
     qkv, proj = attn.linear_qkv, attn.linear_proj
     tp = qkv.tp_group.size()
@@ -66,29 +90,33 @@ def _adapt_attention(attn: SelfAttention, targets, r, alpha, dropout) -> None:
     if "linear_qkv" in targets:
         pieces = {"q": groups_local * q_per_group * head_dim, "k": groups_local * head_dim,
                   "v": groups_local * head_dim}
-        _attach(attn, "linear_qkv", ColumnParallelLora(
-            qkv.input_size, pieces, r, alpha, dropout, qkv.sequence_parallel, qkv.tp_group,
-            _qkv_combine(groups_local, q_per_group, head_dim)))
+        adapter = ColumnParallelLora(qkv.input_size, pieces, r, alpha, dropout, qkv.sequence_parallel,
+                                     qkv.tp_group, _qkv_combine(groups_local, q_per_group, head_dim))
+        _init_column(adapter, f"{key}:linear_qkv")
+        _attach(attn, "linear_qkv", adapter)
     if "linear_proj" in targets:
-        _attach(attn, "linear_proj", RowParallelLora(
-            proj.input_size_per_partition, proj.input_size, proj.output_size, r, alpha, dropout,
-            proj.sequence_parallel, proj.tp_group))
+        adapter = RowParallelLora(proj.input_size_per_partition, proj.input_size, proj.output_size, r, alpha,
+                                  dropout, proj.sequence_parallel, proj.tp_group)
+        _init_row(adapter, proj.input_size, proj.tp_group.rank(), tp, f"{key}:linear_proj")
+        _attach(attn, "linear_proj", adapter)
 
 
-def _adapt_dense_mlp(mlp: MLP, targets, r, alpha, dropout) -> None:
+def _adapt_dense_mlp(mlp: MLP, targets, r, alpha, dropout, key: str) -> None:
     fc1, fc2 = mlp.linear_fc1, mlp.linear_fc2
     if "linear_fc1" in targets:
         width = fc1.output_size_per_partition // 2
-        _attach(mlp, "linear_fc1", ColumnParallelLora(
-            fc1.input_size, {"gate": width, "up": width}, r, alpha, dropout, fc1.sequence_parallel, fc1.tp_group,
-            _gated_combine))
+        adapter = ColumnParallelLora(fc1.input_size, {"gate": width, "up": width}, r, alpha, dropout,
+                                     fc1.sequence_parallel, fc1.tp_group, _gated_combine)
+        _init_column(adapter, f"{key}:linear_fc1")
+        _attach(mlp, "linear_fc1", adapter)
     if "linear_fc2" in targets:
-        _attach(mlp, "linear_fc2", RowParallelLora(
-            fc2.input_size_per_partition, fc2.input_size, fc2.output_size, r, alpha, dropout,
-            fc2.sequence_parallel, fc2.tp_group))
+        adapter = RowParallelLora(fc2.input_size_per_partition, fc2.input_size, fc2.output_size, r, alpha, dropout,
+                                  fc2.sequence_parallel, fc2.tp_group)
+        _init_row(adapter, fc2.input_size, fc2.tp_group.rank(), fc2.tp_group.size(), f"{key}:linear_fc2")
+        _attach(mlp, "linear_fc2", adapter)
 
 
-def _adapt_moe(moe: MoELayer, targets, r, alpha, dropout) -> None:
+def _adapt_moe(moe: MoELayer, targets, r, alpha, dropout, key: str) -> None:
     experts = moe.experts
     if not isinstance(experts, GroupedExperts):
         raise ValueError(f"LoRA on experts needs moetrain's GroupedExperts, not {type(experts).__name__}")
@@ -103,6 +131,11 @@ def _adapt_moe(moe: MoELayer, targets, r, alpha, dropout) -> None:
                          "use --expert-tensor-parallel-size 1")
     adapter = ExpertsLora(experts.num_local_experts, experts.config.hidden_size, experts.local_ffn,
                           expert_targets, r, alpha, dropout)
+    first = experts.ep_group.rank() * experts.num_local_experts
+    with torch.no_grad():
+        for piece, a in adapter.lora_A.items():
+            for j in range(a.shape[0]):  # by global expert: the same adapter at any EP size
+                a[j].copy_(lora_a_values(tuple(a.shape[1:]), f"{key}:experts:{piece}:{first + j}"))
     moe.add_module("experts_lora", adapter)
     # A plain reference, not a second registration: the adapter's parameters live under
     # ``mlp.experts_lora`` only, and GroupedExperts' checkpoint names stay SequentialMLP's.

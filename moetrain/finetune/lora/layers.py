@@ -28,14 +28,18 @@ their parameter names and their checkpoints stay exactly megatron-core's.
 from __future__ import annotations
 
 import math
+import zlib
 
 import torch
+from megatron.core import parallel_state
+from megatron.core.dist_checkpointing.mapping import ShardedTensor
 from megatron.core.tensor_parallel.mappings import (
     copy_to_tensor_model_parallel_region,
     gather_from_sequence_parallel_region,
     reduce_from_tensor_model_parallel_region,
     scatter_to_sequence_parallel_region,
 )
+from megatron.core.transformer.utils import make_sharded_tensors_for_checkpoint
 
 from moetrain.kernels import get_kernels
 
@@ -44,12 +48,15 @@ def _factor(*shape: int) -> torch.nn.Parameter:
     return torch.nn.Parameter(torch.zeros(*shape, dtype=torch.float32))
 
 
-def init_lora_a(a: torch.Tensor, fan_in: int) -> None:
-    """PEFT's default for A: kaiming-uniform with a = sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in)) on the
-    full input width (also for a TP shard of it). B stays zero, so training starts at the base."""
-    bound = 1.0 / math.sqrt(fan_in)
-    with torch.no_grad():
-        a.uniform_(-bound, bound)
+def lora_a_values(shape: tuple[int, int], key: str) -> torch.Tensor:
+    """The initial A of one adapter (one projection of one layer, or of one expert), the same at
+    every layout: PEFT's default (kaiming-uniform with a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in))), drawn
+    from a generator seeded by ``key`` (seed, global layer, module, piece, global expert) for the
+    whole [r, in] tensor; a TP rank then keeps its slice. B starts at zero, so training starts at
+    the base model."""
+    gen = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+    bound = 1.0 / math.sqrt(shape[1])
+    return (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1).mul_(bound).float()
 
 
 class ColumnParallelLora(torch.nn.Module):
@@ -66,7 +73,6 @@ class ColumnParallelLora(torch.nn.Module):
         self.lora_A = torch.nn.ParameterDict({name: _factor(r, in_features) for name in pieces})
         self.lora_B = torch.nn.ParameterDict({name: _factor(width, r) for name, width in pieces.items()})
         for name in pieces:
-            init_lora_a(self.lora_A[name], in_features)
             self.lora_A[name].sequence_parallel = sequence_parallel  # replicated, partial grads under SP
             self.lora_B[name].tensor_model_parallel = True  # column-parallel, like the base weight
 
@@ -82,6 +88,12 @@ class ColumnParallelLora(torch.nn.Module):
             outs[name] = (h @ self.lora_B[name].t()) * self.scale  # [s, b, width / tp]
         return self.combine(outs)
 
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata=None) -> dict:
+        """B split along its rows over TP (as the base weight), A replicated."""
+        state = self.state_dict(prefix="", keep_vars=True)
+        return make_sharded_tensors_for_checkpoint(state, prefix, {f"lora_B.{n}": 0 for n in self.lora_B},
+                                                   sharded_offsets)
+
 
 class RowParallelLora(torch.nn.Module):
     """The adapter of a row-parallel linear: input [s, b, in / tp] -> [s(/tp), b, out]."""
@@ -94,7 +106,6 @@ class RowParallelLora(torch.nn.Module):
         self.dropout = torch.nn.Dropout(dropout) if dropout > 0 else torch.nn.Identity()
         self.lora_A = _factor(r, in_features_local)
         self.lora_B = _factor(out_features, r)
-        init_lora_a(self.lora_A, in_features)
         self.lora_A.tensor_model_parallel = True  # row-parallel, like the base weight
         # B is replicated and complete on every rank: each computes B h for the whole sequence
         # (h is all-reduced) and the sequence split's backward all-gathers the output gradient.
@@ -106,6 +117,11 @@ class RowParallelLora(torch.nn.Module):
         if self.sequence_parallel:
             out = scatter_to_sequence_parallel_region(out, group=self.tp_group)  # [s/tp, b, out]
         return out
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata=None) -> dict:
+        """A split along its columns over TP (as the base weight), B replicated."""
+        state = self.state_dict(prefix="", keep_vars=True)
+        return make_sharded_tensors_for_checkpoint(state, prefix, {"lora_A": 1}, sharded_offsets)
 
 
 class ExpertsLora(torch.nn.Module):
@@ -125,8 +141,6 @@ class ExpertsLora(torch.nn.Module):
             shapes["down"] = (ffn, hidden)
         self.lora_A = torch.nn.ParameterDict({n: _factor(e, r, i) for n, (i, _) in shapes.items()})
         self.lora_B = torch.nn.ParameterDict({n: _factor(e, o, r) for n, (_, o) in shapes.items()})
-        for name, (fan_in, _) in shapes.items():
-            init_lora_a(self.lora_A[name], fan_in)
         for param in self.parameters():
             param.allreduce = False  # expert params: reduced over the expert-data-parallel group
 
@@ -146,6 +160,20 @@ class ExpertsLora(torch.nn.Module):
         if "down" not in self.lora_A:
             return None
         return self._delta("down", self.dropout(x).float(), counts)
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata=None) -> dict:
+        """Global [layers..., experts, ...]: this EP rank holds its experts' slices; replicas differ by
+        their expert-data-parallel rank (as GroupedExperts' weights)."""
+        ep_rank = parallel_state.get_expert_model_parallel_rank()
+        ep = parallel_state.get_expert_model_parallel_world_size()
+        replica_id = (0, 0, parallel_state.get_expert_data_parallel_rank())
+        prepend = len(sharded_offsets)
+        out = {}
+        for name, param in self.state_dict(prefix="", keep_vars=True).items():
+            out[f"{prefix}{name}"] = ShardedTensor.from_rank_offsets(
+                f"{prefix}{name}", param, *sharded_offsets, (prepend, ep_rank, ep), replica_id=replica_id,
+                prepend_axis_num=prepend)
+        return out
 
 
 def add_adapter_output(adapter: torch.nn.Module):
