@@ -181,6 +181,28 @@ class SftSection:
 
 
 @dataclass
+class LoraSection:
+    """LoRA fine-tuning (MindSpeed-LLM's flags); on when --lora-target-modules names any module."""
+
+    lora_r: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    # any of linear_qkv linear_proj linear_fc1 linear_fc2 (experts included) router
+    lora_target_modules: list[str] = field(default_factory=list)
+    lora_load: str | None = None  # an adapter checkpoint (a LoRA run's --save); the base is --load
+
+    def __post_init__(self) -> None:
+        if self.lora_target_modules and self.lora_r < 1:
+            raise ConfigError(f"--lora-r {self.lora_r}: the adapter rank must be at least 1")
+        if self.lora_dropout < 0 or self.lora_dropout >= 1:
+            raise ConfigError(f"--lora-dropout {self.lora_dropout}: must be in [0, 1)")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.lora_target_modules)
+
+
+@dataclass
 class LoggingSection:
     log_interval: int = 1
     log_dir: str | None = None  # None: $MOETRAIN_LOG_DIR, else <save>/logs, else ./runs/<model>
@@ -199,6 +221,7 @@ class PretrainConfig:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     sft: SftSection = field(default_factory=SftSection)
+    lora: LoraSection = field(default_factory=LoraSection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -212,4 +235,5 @@ SECTIONS: dict[str, type] = {
     "checkpoint": CheckpointSection,
     "logging": LoggingSection,
     "sft": SftSection,
+    "lora": LoraSection,
 }

@@ -109,7 +109,10 @@ class _Counting:
 
 def sft(run, backend):
     """Fine-tune a validated run (torch.distributed initialised)."""
-    return Trainer(run, backend, SftData(reset_position_ids=run.cfg.sft.reset_position_ids)).train()
+    trainer_class = Trainer
+    if run.cfg.lora.enabled:
+        from moetrain.finetune.lora.trainer import LoraTrainer as trainer_class
+    return trainer_class(run, backend, SftData(reset_position_ids=run.cfg.sft.reset_position_ids)).train()
 
 
 def main(argv: list[str] | None = None) -> int:

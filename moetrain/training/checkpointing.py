@@ -111,8 +111,24 @@ def _unshare_adam_steps(optimizer) -> None:
                     state["step"] = state["step"].clone()
 
 
+# Model parts a checkpoint may hold: everything, the base model without adapters, or the adapters
+# only (a LoRA run saves those; its base comes from --load). Adapters are the modules whose name
+# ends in ADAPTER_SUFFIX (moetrain.finetune.lora.apply puts ``linear_qkv_lora`` next to ``linear_qkv``).
+ADAPTER_SUFFIX = "_lora"
+
+
+def is_adapter_key(key: str) -> bool:
+    return any(part.endswith(ADAPTER_SUFFIX) for part in key.split("."))
+
+
+def _model_part(sd: dict, part: str) -> dict:
+    if part == "all":
+        return sd
+    return {k: v for k, v in sd.items() if is_adapter_key(k) == (part == "adapters")}
+
+
 def _sharded_state_dict(model, optimizer, scheduler, state: TrainState | None, with_optim: bool,
-                        is_loading: bool) -> dict:
+                        is_loading: bool, part: str = "all") -> dict:
     model = unwrap_model_chunks(model)
     # A fresh copy per call: megatron-core stores the current data-parallel group into the metadata
     # dict in place (ensure_metadata_has_dp_cp_group), and a process that builds another layout
@@ -120,10 +136,10 @@ def _sharded_state_dict(model, optimizer, scheduler, state: TrainState | None, w
     metadata = dict(SHARDING_METADATA)
     sd: dict = {}
     if len(model) == 1:
-        sd["model"] = model[0].sharded_state_dict(metadata=metadata)
+        sd["model"] = _model_part(model[0].sharded_state_dict(metadata=metadata), part)
     else:
         for i, chunk in enumerate(model):
-            sd[f"model{i}"] = chunk.sharded_state_dict(metadata=metadata)
+            sd[f"model{i}"] = _model_part(chunk.sharded_state_dict(metadata=metadata), part)
     if with_optim and optimizer is not None:
         if is_loading:
             _init_empty_optimizer_states(optimizer)
@@ -154,8 +170,9 @@ def _set_rng_state(states: dict) -> None:
 
 # ---------------------------------------------------------------- save
 def save_checkpoint(root: str | Path, state: TrainState, model, optimizer, scheduler, meta: dict,
-                    save_optim: bool = True, keep_last_k: int | None = None) -> Path:
-    """Collective: every rank calls it. Returns the final checkpoint directory."""
+                    save_optim: bool = True, keep_last_k: int | None = None, part: str = "all") -> Path:
+    """Collective: every rank calls it. Returns the final checkpoint directory. ``part``: "all", or
+    "adapters" (a LoRA run: the adapters and their optimizer state only)."""
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
 
@@ -167,7 +184,7 @@ def save_checkpoint(root: str | Path, state: TrainState, model, optimizer, sched
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
-    sd = _sharded_state_dict(model, optimizer, scheduler, state, save_optim, is_loading=False)
+    sd = _sharded_state_dict(model, optimizer, scheduler, state, save_optim, is_loading=False, part=part)
     dist_checkpointing.save(sd, str(tmp), sharded_strategy=get_default_save_sharded_strategy("torch_dist"))
     (tmp / "rng").mkdir(exist_ok=True)  # after the save: dist_checkpointing wants an empty directory
     torch.save(_rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
@@ -207,9 +224,23 @@ def _prune(root: Path, keep_last_k: int | None) -> None:
 
 
 # ---------------------------------------------------------------- load
+def _load_part(chunk, state: dict, part: str) -> None:
+    """load_state_dict, strict about the part loaded and ignoring the other part's keys."""
+    if part == "all":
+        chunk.load_state_dict(state, strict=True)
+        return
+    missing, unexpected = chunk.load_state_dict(state, strict=False)
+    missing = [k for k in missing if is_adapter_key(k) == (part == "adapters") and not k.endswith("_extra_state")]
+    if missing or unexpected:
+        raise ConfigError(f"checkpoint does not fit the model ({part}): missing {missing[:5]}, "
+                          f"unexpected {list(unexpected)[:5]}")
+
+
 def load_checkpoint(root: str | Path, model, optimizer, scheduler, *, load_optim: bool, load_rng: bool,
-                    finetune: bool, layout: dict) -> TrainState:
-    """Load the latest checkpoint of ``root`` into the (possibly differently sharded) model."""
+                    finetune: bool, layout: dict, part: str = "all") -> TrainState:
+    """Load the latest checkpoint of ``root`` into the (possibly differently sharded) model.
+    ``part``: "all"; "base" (a LoRA run's base: every weight but the adapters, which stay as they
+    are); "adapters" (a LoRA checkpoint into a model whose base is loaded)."""
     from megatron.core import dist_checkpointing
 
     root = Path(root)
@@ -219,13 +250,13 @@ def load_checkpoint(root: str | Path, model, optimizer, scheduler, *, load_optim
     ckpt = root / iter_dir_name(iteration)
     meta = read_meta(root, iteration)
     load_optim = load_optim and not finetune and meta.get("has_optimizer", True)
-    sd = _sharded_state_dict(model, optimizer, scheduler, None, load_optim, is_loading=True)
+    sd = _sharded_state_dict(model, optimizer, scheduler, None, load_optim, is_loading=True, part=part)
     loaded = dist_checkpointing.load(sd, str(ckpt))
     # megatron-core 0.16 bug without Apex / TE: the fully_reshardable optimizer-state copy expects
     # Adam's ``step`` in the checkpoint tensors (see megatron_patches.PATCHES).
     megatron_patches.apply("distrib-optimizer-state-copy-without-step")
     for i, chunk in enumerate(unwrap_model_chunks(model)):
-        chunk.load_state_dict(loaded["model" if len(model) == 1 else f"model{i}"], strict=True)
+        _load_part(chunk, loaded["model" if len(model) == 1 else f"model{i}"], part)
     if load_optim:
         optimizer.load_state_dict(loaded["optimizer"])
         _unshare_adam_steps(optimizer)

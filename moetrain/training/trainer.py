@@ -99,8 +99,10 @@ def seed_everything(seed: int) -> None:
     model_parallel_cuda_manual_seed(seed)
 
 
-def build_model_and_optimizer(run: ResolvedRun, batch_p2p_comm: bool):
-    """(model chunks wrapped in DDP, optimizer, scheduler, padded vocab size)."""
+def build_model_and_optimizer(run: ResolvedRun, batch_p2p_comm: bool, prepare_chunk=None):
+    """(model chunks wrapped in DDP, optimizer, scheduler, padded vocab size). ``prepare_chunk(chunk)``
+    runs on each chunk after its dtype cast and before DDP (LoRA adds adapters and freezes the base
+    there: DDP and the optimizer then hold the trainable parameters only)."""
     from megatron.core.distributed import (
         DistributedDataParallel,
         DistributedDataParallelConfig,
@@ -128,6 +130,9 @@ def build_model_and_optimizer(run: ResolvedRun, batch_p2p_comm: bool):
     if t.dtype != "fp32":
         # Casts the loss back to fp32 on the last stage and p2p inputs to the model dtype.
         chunks = [Float16Module(tf_config, c) for c in chunks]
+    if prepare_chunk is not None:
+        for chunk in chunks:
+            prepare_chunk(chunk)
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=t.dtype != "fp32", overlap_grad_reduce=False,
                                                use_distributed_optimizer=opt.use_distributed_optimizer)
     model = [DistributedDataParallel(config=tf_config, ddp_config=ddp_config, module=c, disable_bucketing=i > 0)

@@ -116,8 +116,27 @@ def log_dir_for(cfg: PretrainConfig) -> Path:
     return Path("runs") / cfg.model
 
 
+def _check_lora(cfg: PretrainConfig) -> None:
+    lora = cfg.lora
+    if lora.lora_load and not lora.enabled:
+        raise ConfigError(f"--lora-load {lora.lora_load} needs --lora-target-modules (the adapters to load)")
+    if not lora.enabled:
+        return
+    from moetrain.finetune.lora.apply import TARGETS
+
+    unknown = sorted(set(lora.lora_target_modules) - set(TARGETS))
+    if unknown:
+        raise ConfigError(f"--lora-target-modules: unknown {' '.join(unknown)}; choose from {' '.join(TARGETS)}")
+    if not cfg.sft.is_instruction_dataset:
+        raise ConfigError("--lora-target-modules: LoRA fine-tunes on instruction data (moetrain.finetune.sft or "
+                          "--is-instruction-dataset)")
+    if lora.lora_load and not cfg.checkpoint.load:
+        raise ConfigError(f"--lora-load {lora.lora_load} needs --load (the base model the adapters belong to)")
+
+
 def resolve(cfg: PretrainConfig, world_size: int, dist_backend: str = "gloo") -> ResolvedRun:
     t = cfg.training
+    _check_lora(cfg)
     if cfg.data.mock_data and cfg.sft.is_instruction_dataset:
         raise ConfigError("--mock-data is synthetic pretraining text; --is-instruction-dataset fine-tunes on an "
                           "instruction --data-path")

@@ -70,6 +70,7 @@ class GroupedExperts(MegatronModule):
                     config.output_layer_init_method(self.weight2.data[j])
         for param in (self.weight1, self.weight2):
             param.allreduce = False  # reduced over the expert-data-parallel group (builder.mark_expert_params)
+        self.lora = None  # an ExpertsLora (moetrain.finetune.lora) adds per-expert adapter outputs
 
     def forward(self, permuted_local_hidden_states: torch.Tensor, tokens_per_expert: torch.Tensor,
                 permuted_probs: torch.Tensor):
@@ -82,10 +83,15 @@ class GroupedExperts(MegatronModule):
         counts = tokens_per_expert.to(device=x.device)
         gemm = get_kernels().grouped_gemm
         gate_up = gemm(x, self.weight1.transpose(1, 2), counts)  # [tokens, 2 * ffn/etp] = [gate; up]
+        if self.lora is not None and (delta := self.lora.fc1(x, counts)) is not None:
+            gate_up = gate_up + delta.to(gate_up.dtype)
         hidden = self.activation_func(gate_up)  # [tokens, ffn/etp]
         # Routing weights scale the activation, as megatron-core's MLP does with per_token_scale.
         hidden = (hidden * permuted_probs.unsqueeze(-1)).to(hidden.dtype)
-        return gemm(hidden, self.weight2.transpose(1, 2), counts), None  # [tokens, hidden] partial over etp
+        out = gemm(hidden, self.weight2.transpose(1, 2), counts)  # [tokens, hidden] partial over etp
+        if self.lora is not None and (delta := self.lora.fc2(hidden, counts)) is not None:
+            out = out + delta.to(out.dtype)
+        return out, None
 
     # ------------------------------------------------------------------ state dict (SequentialMLP names)
     def _save_to_state_dict(self, destination, prefix, keep_vars):
@@ -108,8 +114,8 @@ class GroupedExperts(MegatronModule):
                 j, name = int(m.group(1)), _PARAM_OF[m.group(2)]
                 self._copy(getattr(self, name)[j], state_dict[key], key, error_msgs)
                 seen[name].add(j)
-            elif not rest.endswith("_extra_state"):
-                unexpected_keys.append(key)
+            elif not rest.endswith("_extra_state") and rest.split(".", 1)[0] not in self._modules:
+                unexpected_keys.append(key)  # (a child module's keys are the child's to load)
         for name, fc in (("weight1", "linear_fc1"), ("weight2", "linear_fc2")):
             missing_keys.extend(f"{prefix}local_experts.{j}.{fc}.weight"
                                 for j in range(self.num_local_experts) if j not in seen[name])
