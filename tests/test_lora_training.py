@@ -55,3 +55,26 @@ def test_lora_resume_is_exact(runs):
 def test_lora_layouts_equal_one_rank(runs, layout):
     single, layouts, _ = runs
     assert layouts[layout] == pytest.approx(single["ref"], rel=PARITY_RTOL), (layout, layouts[layout], single["ref"])
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--lora-target-modules", "linear_qkv", "q_proj"], "--lora-target-modules: unknown q_proj; choose from linear_qkv"),
+    (["--lora-load", "somewhere"], "--lora-load somewhere needs --lora-target-modules"),
+    (["--lora-target-modules", "linear_qkv", "--lora-load", "somewhere"], "--lora-load somewhere needs --load"),
+    (["--lora-target-modules", "linear_qkv", "--lora-r", "0"], "--lora-r 0: the adapter rank must be at least 1"),
+])
+def test_lora_bad_flags_fail_before_any_rank_starts(extra, message, capsys):
+    from test_training_config import _fails
+
+    data, tok, _ = sft_data()
+    capsys.readouterr()  # the preprocessing's own output, when this test builds the data
+    err = _fails(["--model", "grok1-tiny", "--data-path", data["unpacked"], "--is-instruction-dataset",
+                  "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", tok, *extra], capsys, world=1)
+    assert message in err, err
+
+
+def test_lora_needs_instruction_data(capsys):
+    from test_training_config import _fails
+
+    err = _fails(["--model", "grok1-tiny", "--mock-data", "--lora-target-modules", "linear_qkv"], capsys, world=1)
+    assert "LoRA fine-tunes on instruction data" in err, err
