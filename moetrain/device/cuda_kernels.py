@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 
 from moetrain.kernels.attention_flex import attention_flex
-from moetrain.kernels.table import KernelTable
+from moetrain.kernels.table import KernelTable, with_variant
 
 
 def rms_norm_torch_fused(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -17,8 +15,7 @@ def rms_norm_torch_fused(x: torch.Tensor, weight: torch.Tensor, eps: float) -> t
 
 
 def with_torch_fused(table: KernelTable) -> KernelTable:
-    return dataclasses.replace(table, rms_norm=rms_norm_torch_fused,
-                               variants={**table.variants, "rms_norm": "torch-fused"})
+    return with_variant(table, "rms_norm", "torch-fused", rms_norm_torch_fused)
 
 
 def attention_flash(q, k, v, scale, softcap=None, causal=True, mask=None, dropout_p=0.0):
@@ -38,13 +35,11 @@ def attention_flash(q, k, v, scale, softcap=None, causal=True, mask=None, dropou
 
 def with_flash_attention(table: KernelTable) -> KernelTable:
     """flash-attn for both attentions: it soft-caps natively."""
-    return dataclasses.replace(table, attention=attention_flash, softcap_attention=attention_flash,
-                               variants={**table.variants, "attention": "flash-attn",
-                                         "softcap_attention": "flash-attn"})
+    table = with_variant(table, "attention", "flash-attn", attention_flash)
+    return with_variant(table, "softcap_attention", "flash-attn", attention_flash)
 
 
 def with_flex_softcap_attention(table: KernelTable) -> KernelTable:
     """Compiled flex_attention for soft-capped attention where flash-attn is not installed: exact
     cap, no [b, h, s, s] scores (the reference's). Uncapped attention stays on SDPA."""
-    return dataclasses.replace(table, softcap_attention=attention_flex,
-                               variants={**table.variants, "softcap_attention": "flex"})
+    return with_variant(table, "softcap_attention", "flex", attention_flex)

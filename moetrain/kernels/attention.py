@@ -56,8 +56,8 @@ def attention_sdpa(
 ) -> torch.Tensor:
     """torch's scaled_dot_product_attention (flash / memory-efficient kernels where the device has them).
 
-    SDPA cannot soft-cap logits: with ``softcap`` set this falls back to the reference (see
-    ``KernelTable.attention`` — the table logs that once).
+    SDPA cannot soft-cap logits: with ``softcap`` set this runs the reference (the kernel table routes
+    soft-capped models to its ``softcap_attention`` entry, so this is only a guard for direct calls).
     """
     if softcap is not None:
         return attention_reference(q, k, v, scale, softcap, causal, mask, dropout_p)

@@ -18,8 +18,8 @@ def mark_expert_params(model: GPTModel) -> None:
     """Tag expert weights ``allreduce=False`` so megatron's DDP reduces them over the
     expert-data-parallel group.
 
-    megatron-core tags them only in its Transformer-Engine expert modules; the local
-    SequentialMLP experts moetrain uses would otherwise be averaged over the dense data-parallel
+    megatron-core tags them only in its own expert modules; moetrain's GroupedExperts
+    (``mlp.experts.weight1`` / ``weight2``) would otherwise be averaged over the dense data-parallel
     group: with EP > 1 that mixes *different* experts held by different EP ranks, and with
     TP > 1 under expert-TP 1 it misses the TP partner's tokens. Reducing expert grads over the
     expert-DP group is right for every layout (it equals the DP group when ep x etp == tp).

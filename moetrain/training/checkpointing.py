@@ -224,13 +224,20 @@ def _prune(root: Path, keep_last_k: int | None) -> None:
 
 
 # ---------------------------------------------------------------- load
+def missing_in_part(missing: list[str], part: str) -> list[str]:
+    """The keys of ``missing`` (from ``load_state_dict(strict=False)``) that ``part`` should have
+    held: never ``_extra_state``, and for "base" / "adapters" only that part's keys."""
+    return [k for k in missing if not k.endswith("_extra_state")
+            and (part == "all" or is_adapter_key(k) == (part == "adapters"))]
+
+
 def _load_part(chunk, state: dict, part: str) -> None:
     """load_state_dict, strict about the part loaded and ignoring the other part's keys."""
     if part == "all":
         chunk.load_state_dict(state, strict=True)
         return
     missing, unexpected = chunk.load_state_dict(state, strict=False)
-    missing = [k for k in missing if is_adapter_key(k) == (part == "adapters") and not k.endswith("_extra_state")]
+    missing = missing_in_part(missing, part)
     if missing or unexpected:
         raise ConfigError(f"checkpoint does not fit the model ({part}): missing {missing[:5]}, "
                           f"unexpected {list(unexpected)[:5]}")

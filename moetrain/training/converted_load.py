@@ -67,8 +67,7 @@ def load_converted_weights(root: str | Path, model_chunks: list, optimizer, dims
         raise ConfigError(f"--load {root}: {e}") from None
     (chunk,) = checkpointing.unwrap_model_chunks(model_chunks)
     missing, unexpected = chunk.load_state_dict(state_dict, strict=False)
-    # LoRA adapters are not part of a converted base model.
-    missing = [k for k in missing if not k.endswith("_extra_state") and not checkpointing.is_adapter_key(k)]
+    missing = checkpointing.missing_in_part(missing, "base")  # LoRA adapters are not in a converted model
     if missing or unexpected:
         raise ConfigError(f"--load {root}: rank {coord} does not fit this model: missing {missing[:5]}, "
                           f"unexpected {list(unexpected)[:5]}")

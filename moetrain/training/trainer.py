@@ -265,14 +265,19 @@ class Trainer:
         self.logger.eval(iteration, "validation", loss)
         return loss
 
+    # What save() writes (checkpointing's ``part``): the whole model; a LoRA run saves its adapters.
+    checkpoint_part = "all"
+
     def save(self) -> Path:
         """A checkpoint of the current state under --save (logged); its path."""
         ck, state = self.run.cfg.checkpoint, self.state
         start = time.perf_counter()
         path = save_checkpoint(ck.save, TrainState(state.iteration, state.consumed_train_samples), self.model,
                                self.optimizer, self.scheduler, self.checkpoint_meta(),
-                               save_optim=not ck.no_save_optim, keep_last_k=ck.keep_last_k)
-        self.logger.console(f"saved checkpoint {path} in {time.perf_counter() - start:.1f} s")
+                               save_optim=not ck.no_save_optim, keep_last_k=ck.keep_last_k,
+                               part=self.checkpoint_part)
+        what = "checkpoint" if self.checkpoint_part == "all" else f"checkpoint ({self.checkpoint_part} only)"
+        self.logger.console(f"saved {what} {path} in {time.perf_counter() - start:.1f} s")
         return path
 
     def log_metrics(self, result: StepResult, interval: _Interval, throughput: Throughput) -> None:

@@ -122,11 +122,12 @@ def _check_lora(cfg: PretrainConfig) -> None:
         raise ConfigError(f"--lora-load {lora.lora_load} needs --lora-target-modules (the adapters to load)")
     if not lora.enabled:
         return
-    from moetrain.finetune.lora.apply import TARGETS
+    from moetrain.finetune.lora.apply import check_targets
 
-    unknown = sorted(set(lora.lora_target_modules) - set(TARGETS))
-    if unknown:
-        raise ConfigError(f"--lora-target-modules: unknown {' '.join(unknown)}; choose from {' '.join(TARGETS)}")
+    try:
+        check_targets(lora.lora_target_modules)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if not cfg.sft.is_instruction_dataset:
         raise ConfigError("--lora-target-modules: LoRA fine-tunes on instruction data (moetrain.finetune.sft or "
                           "--is-instruction-dataset)")

@@ -26,6 +26,13 @@ from moetrain.models.common.experts import GroupedExperts
 TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2", "router")
 
 
+def check_targets(targets) -> None:
+    """ValueError naming the unknown ``--lora-target-modules`` entries and the choices."""
+    unknown = sorted(set(targets) - set(TARGETS))
+    if unknown:
+        raise ValueError(f"--lora-target-modules: unknown {' '.join(unknown)}; choose from {' '.join(TARGETS)}")
+
+
 def _qkv_combine(groups_local: int, q_per_group: int, head_dim: int):
     def combine(outs: dict[str, torch.Tensor]) -> torch.Tensor:
         s, b = outs["q"].shape[:2]
@@ -51,9 +58,7 @@ def apply_lora(chunk: torch.nn.Module, targets: set[str], r: int, alpha: float, 
     """Adds the adapters to ``chunk`` (a GPTModel, possibly inside Float16Module) and freezes the
     rest. Initial A values depend on ``seed`` and the global layer / expert only, so every layout
     starts from the same adapters. Returns the names of the trainable parameters."""
-    unknown = set(targets) - set(TARGETS)
-    if unknown:
-        raise ValueError(f"--lora-target-modules: unknown {sorted(unknown)}; choose from {' '.join(TARGETS)}")
+    check_targets(targets)
     for param in chunk.parameters():
         param.requires_grad = False
     for module in list(chunk.modules()):

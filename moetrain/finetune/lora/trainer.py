@@ -3,15 +3,14 @@ checkpoints that hold the adapters (and their optimizer state) only, resumed fro
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
-from moetrain.training.checkpointing import TrainState, load_checkpoint, read_latest, save_checkpoint
+from moetrain.training.checkpointing import TrainState, load_checkpoint, read_latest
 from moetrain.training.converted_load import load_converted_weights
 from moetrain.training.trainer import Trainer, build_model_and_optimizer
 
 
 class LoraTrainer(Trainer):
+    checkpoint_part = "adapters"  # the adapters and their optimizer state; the base is --load's
+
     def build_model(self):
         from moetrain.finetune.lora.apply import apply_lora
 
@@ -48,12 +47,3 @@ class LoraTrainer(Trainer):
 
     def checkpoint_meta(self) -> dict:
         return {**super().checkpoint_meta(), "lora": {"adapters_only": True, **vars(self.run.cfg.lora)}}
-
-    def save(self) -> Path:
-        ck, state = self.run.cfg.checkpoint, self.state
-        start = time.perf_counter()
-        path = save_checkpoint(ck.save, TrainState(state.iteration, state.consumed_train_samples), self.model,
-                               self.optimizer, self.scheduler, self.checkpoint_meta(),
-                               save_optim=not ck.no_save_optim, keep_last_k=ck.keep_last_k, part="adapters")
-        self.logger.console(f"saved LoRA adapters {path} in {time.perf_counter() - start:.1f} s")
-        return path

@@ -35,9 +35,11 @@ from megatron.core.transformer.spec_utils import build_module
 
 from moetrain.kernels import get_kernels
 
-# SequentialMLP's per-expert state-dict names, relative to this module.
+# Each stacked parameter and the name of its per-expert slice in SequentialMLP's state dict
+# (``local_experts.{j}.<linear>.weight``, relative to this module).
+_STACKED = {"weight1": "linear_fc1", "weight2": "linear_fc2"}
 _PER_EXPERT = re.compile(r"^local_experts\.(\d+)\.(linear_fc[12])\.weight$")
-_PARAM_OF = {"linear_fc1": "weight1", "linear_fc2": "weight2"}
+_PARAM_OF = {fc: param for param, fc in _STACKED.items()}
 
 
 class GroupedExperts(MegatronModule):
@@ -68,8 +70,6 @@ class GroupedExperts(MegatronModule):
                 for j in range(e):
                     config.init_method(self.weight1.data[j])
                     config.output_layer_init_method(self.weight2.data[j])
-        for param in (self.weight1, self.weight2):
-            param.allreduce = False  # reduced over the expert-data-parallel group (builder.mark_expert_params)
         self.lora = None  # an ExpertsLora (moetrain.finetune.lora) adds per-expert adapter outputs
 
     def forward(self, permuted_local_hidden_states: torch.Tensor, tokens_per_expert: torch.Tensor,
@@ -95,15 +95,15 @@ class GroupedExperts(MegatronModule):
 
     # ------------------------------------------------------------------ state dict (SequentialMLP names)
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        for fc, param in (("linear_fc1", self.weight1), ("linear_fc2", self.weight2)):
-            tensor = param if keep_vars else param.detach()
+        for name, fc in _STACKED.items():
+            tensor = getattr(self, name) if keep_vars else getattr(self, name).detach()
             for j in range(self.num_local_experts):
                 destination[f"{prefix}local_experts.{j}.{fc}.weight"] = tensor[j]
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         del local_metadata, strict
-        seen = {"weight1": set(), "weight2": set()}
+        seen = {name: set() for name in _STACKED}
         for key in [k for k in state_dict if k.startswith(prefix)]:
             rest = key[len(prefix):]
             m = _PER_EXPERT.match(rest)
@@ -116,7 +116,7 @@ class GroupedExperts(MegatronModule):
                 seen[name].add(j)
             elif not rest.endswith("_extra_state") and rest.split(".", 1)[0] not in self._modules:
                 unexpected_keys.append(key)  # (a child module's keys are the child's to load)
-        for name, fc in (("weight1", "linear_fc1"), ("weight2", "linear_fc2")):
+        for name, fc in _STACKED.items():
             missing_keys.extend(f"{prefix}local_experts.{j}.{fc}.weight"
                                 for j in range(self.num_local_experts) if j not in seen[name])
 
@@ -166,7 +166,7 @@ def per_expert_items(name: str, tensor: torch.Tensor) -> list[tuple[str, torch.T
     """A parameter (or its gradient) under its checkpoint name(s): ``...experts.weight1`` becomes one
     ``...experts.local_experts.{j}.linear_fc1.weight`` slice per local expert; anything else is kept.
     For code that compares tensors by checkpoint name (weight maps, tests)."""
-    for param, fc in (("weight1", "linear_fc1"), ("weight2", "linear_fc2")):
+    for param, fc in _STACKED.items():
         if name.endswith(f"experts.{param}"):
             stem = name[: -len(param)]
             return [(f"{stem}local_experts.{j}.{fc}.weight", tensor[j]) for j in range(tensor.shape[0])]
