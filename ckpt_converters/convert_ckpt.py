@@ -6,6 +6,8 @@
         --target-pipeline-parallel-size 2 --target-expert-parallel-size 2
 
 mg -> hf writes sharded safetensors + config.json; mg -> mg re-shards to the target layout.
+--lora-load DIR merges a LoRA adapter into the weights written; with --save-lora-to-hf the adapter
+is written alone as a Hugging Face PEFT adapter.
 See docs/convert.md. Errors are one line on stderr with exit code 2.
 """
 
@@ -51,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-shard-size", default="2GB", help="HF output shard size (default 2GB)")
     p.add_argument("--tokenizer-dir", type=Path, default=None, help="copy tokenizer files from here (hf output)")
     p.add_argument("--iteration", type=int, default=1, help="iteration number of a written Megatron checkpoint")
+    p.add_argument("--lora-load", type=Path, default=None,
+                   help="a LoRA adapter checkpoint (a LoRA run's --save) trained on --load-dir: merged into the "
+                   "weights written, W + alpha/r B A in fp32")
+    p.add_argument("--save-lora-to-hf", action="store_true",
+                   help="write the --lora-load adapter alone as a Hugging Face PEFT adapter "
+                   "(adapter_config.json + adapter_model.safetensors) instead of merged weights")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -68,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             ep=args.target_expert_parallel_size, num_layer_list=args.num_layer_list, params_dtype=args.params_dtype,
             make_vocab_size_divisible_by=args.make_vocab_size_divisible_by, model=args.model,
             overwrite=args.overwrite, keep_optimizer=args.keep_optimizer, max_shard_size=args.max_shard_size,
-            tokenizer_dir=args.tokenizer_dir, iteration=args.iteration, progress=not args.no_progress)
+            tokenizer_dir=args.tokenizer_dir, iteration=args.iteration, progress=not args.no_progress,
+            lora_load=args.lora_load, save_lora_to_hf=args.save_lora_to_hf)
         report = convert(opts)
     except (ConversionError, ValueError, OSError) as e:
         # Input problems are one line; a genuine bug (any other exception) keeps its traceback.

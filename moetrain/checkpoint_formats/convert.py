@@ -31,6 +31,9 @@ from moetrain.checkpoint_formats.safetensors_writer import (
     StreamingSafetensorsWriter,
     parse_size,
 )
+from moetrain.config import ConfigError
+from moetrain.finetune.lora.adapter_checkpoint import check_adapter_fits, inspect_adapter
+from moetrain.finetune.lora.hf_export import AdapterSource, merged_getter, write_peft_adapter
 from moetrain.models.config import ModelConfig
 from moetrain.models.hf_config import from_hf_config, to_hf_config
 from moetrain.models.param_count import padded_vocab_size
@@ -137,7 +140,7 @@ def _write_mg(cfg, getter, release, layout: ShardLayout, opts: ConvertOptions, t
     write_latest(tmp, opts.iteration)  # last: a directory without it is not a checkpoint
 
 
-def _write_hf(cfg: ModelConfig, source, opts: ConvertOptions, tmp: Path, report: ConvertReport,
+def _write_hf(cfg: ModelConfig, source, get, opts: ConvertOptions, tmp: Path, report: ConvertReport,
               progress: Progress) -> None:
     names = hf_order(source.infos)
     plan = [PlannedTensor(n, source.infos[n].shape, opts.dtype or source.infos[n].dtype) for n in names]
@@ -149,7 +152,7 @@ def _write_hf(cfg: ModelConfig, source, opts: ConvertOptions, tmp: Path, report:
             if layer != last_layer:
                 source.release()  # unmap the previous layer's files: memory stays ~ one tensor
                 last_layer = layer
-            t = _cast(source.get(name), opts.dtype)
+            t = _cast(get(name), opts.dtype)
             writer.add(name, t)
             progress.update(1, t.numel() * t.element_size())
         writer.finish()
@@ -165,6 +168,38 @@ def _write_hf(cfg: ModelConfig, source, opts: ConvertOptions, tmp: Path, report:
         for f in TOKENIZER_FILES:
             if (opts.tokenizer_dir / f).is_file():
                 shutil.copy2(opts.tokenizer_dir / f, tmp / f)
+
+
+def _open_adapter(opts: ConvertOptions, cfg: ModelConfig) -> AdapterSource | None:
+    """The --lora-load adapter, checked against the base before anything is read."""
+    if opts.lora_load is None:
+        return None
+    try:
+        adapter = inspect_adapter(opts.lora_load)
+        check_adapter_fits(adapter, cfg, f"--load-dir {opts.load_dir}")
+    except ConfigError as e:
+        raise ConversionError(str(e)) from None
+    return AdapterSource(adapter)
+
+
+def _export_peft(source: AdapterSource, opts: ConvertOptions, report: ConvertReport, start: float) -> ConvertReport:
+    """--save-lora-to-hf: the adapter alone, as a PEFT adapter directory (the base was only checked)."""
+    report.direction = "mg LoRA -> hf PEFT adapter"
+    tmp = temp_dir_for(opts.save_dir)
+    try:
+        with Progress(2 * len(source.layout.pieces), opts.progress) as progress:
+            report.tensors_written, report.bytes_written = write_peft_adapter(
+                source, tmp, str(opts.load_dir), opts.dtype, progress)
+        commit(tmp, opts.save_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report.tensors_read = report.tensors_written
+    report.bytes_read = sum(torch.Size(md.size).numel() * md.properties.dtype.itemsize for md in source.stored.values())
+    report.optimizer = "not exported (a PEFT adapter holds none)"
+    report.lora = f"{source.adapter.describe()}, {len(source.layout.pieces)} adapted modules"
+    report.seconds = time.monotonic() - start
+    return report
 
 
 def convert(opts: ConvertOptions) -> ConvertReport:
@@ -199,21 +234,30 @@ def convert(opts: ConvertOptions) -> ConvertReport:
         mg = open_megatron(opts.load_dir, opts.model)
         check_model_type(mg.cfg, opts.model_type_hf)
         cfg = mg.cfg
+        adapter = _open_adapter(opts, cfg)
+        if opts.save_lora_to_hf:
+            return _export_peft(adapter, opts, report, start)
         source = MegatronSource(cfg, mg.reader)
+        get = source.get
+        if adapter is not None:
+            get, merged = merged_getter(source.get, adapter)
         report.optimizer = mg.optimizer_note(keep=False)
         tmp = temp_dir_for(opts.save_dir)
         try:
             if opts.save_model_type == "hf":
                 with Progress(len(source.infos), opts.progress) as progress:
-                    _write_hf(cfg, source, opts, tmp, report, progress)
+                    _write_hf(cfg, source, get, opts, tmp, report, progress)
             else:
                 layout = target_layout(cfg, opts)
                 extra_for = mg.optimizer_extra(layout) if opts.keep_optimizer else None
                 report.optimizer = mg.optimizer_note(keep=bool(opts.keep_optimizer))
                 total = sum(len(expected_mcore_keys(cfg, layout, c)) for c in all_coords(layout))
                 with Progress(total, opts.progress) as progress:
-                    _write_mg(cfg, source.get, source.release, layout, opts, tmp, report, progress, extra_for)
+                    _write_mg(cfg, get, source.release, layout, opts, tmp, report, progress, extra_for)
             source.check_all_read()
+            if adapter is not None:
+                report.lora = (f"merged {adapter.adapter.describe()} into {merged['merged']} weights"
+                               + (f", {merged['replaced']} router weights replaced" if merged["replaced"] else ""))
             commit(tmp, opts.save_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -42,6 +42,8 @@ class ConvertOptions:
     tokenizer_dir: Path | None = None
     iteration: int = 1  # iteration number of a written Megatron checkpoint
     progress: bool = True
+    lora_load: Path | None = None  # a LoRA adapter checkpoint: merged into the weights written
+    save_lora_to_hf: bool = False  # write the --lora-load adapter as a Hugging Face PEFT adapter instead
 
     def __post_init__(self) -> None:
         self.load_dir, self.save_dir = Path(self.load_dir), Path(self.save_dir)
@@ -60,6 +62,16 @@ class ConvertOptions:
             raise e.with_flags(TARGET_FLAGS) from None
         if self.params_dtype is not None and self.params_dtype not in DTYPES:
             raise ConversionError(f"--params-dtype must be one of {', '.join(DTYPES)}, got {self.params_dtype!r}")
+        if self.lora_load is not None:
+            self.lora_load = Path(self.lora_load)
+            if self.load_model_type != "mg":
+                raise ConversionError("--lora-load: the base must be a Megatron checkpoint (--load-model-type mg), "
+                                      "the one the adapters were trained on")
+            if self.keep_optimizer:
+                raise ConversionError("--keep-optimizer: merged LoRA weights have no optimizer state to keep")
+        if self.save_lora_to_hf and (self.lora_load is None or self.save_model_type != "hf"):
+            raise ConversionError("--save-lora-to-hf writes the adapter of --lora-load DIR as a PEFT adapter; "
+                                  "it needs --lora-load and --save-model-type hf")
         if self.save_model_type == "hf" and self.keep_optimizer:
             raise ConversionError("--keep-optimizer: a Hugging Face checkpoint holds no optimizer state")
 
@@ -82,10 +94,12 @@ class ConvertReport:
     bytes_written: int = 0
     replicas_skipped: int = 0  # TP / EP copies and tied-output copies in a Megatron source, checked not read
     optimizer: str = "none in the source"
+    lora: str = ""  # what was done with a --lora-load adapter
     seconds: float = 0.0
 
     def line(self) -> str:
         extra = f", {self.replicas_skipped} replica tensors checked and skipped" if self.replicas_skipped else ""
+        extra += f"; {self.lora}" if self.lora else ""
         return (f"{self.direction}: read {self.tensors_read} tensors ({self.bytes_read / 1e9:.3f} GB), wrote "
                 f"{self.tensors_written} tensors ({self.bytes_written / 1e9:.3f} GB){extra}; "
                 f"optimizer state: {self.optimizer}; {self.seconds:.1f} s")

@@ -68,15 +68,19 @@ def _split(plan: list[PlannedTensor], max_bytes: int) -> list[list[PlannedTensor
 class StreamingSafetensorsWriter:
     """``add`` tensors in plan order; ``finish`` checks that every planned tensor was written."""
 
-    def __init__(self, out_dir: str | Path, plan: list[PlannedTensor], max_shard_bytes: int) -> None:
+    def __init__(self, out_dir: str | Path, plan: list[PlannedTensor], max_shard_bytes: int,
+                 file_stem: str = "model") -> None:
+        """``file_stem``: "model" for a model (model.safetensors / model-00001-of-00002.safetensors),
+        "adapter_model" for a PEFT adapter."""
         self.dir = Path(out_dir)
+        self.stem = file_stem
         names = [t.name for t in plan]
         if len(set(names)) != len(names):
             raise ConversionError("output plan names a tensor twice")
         self.shards = _split(plan, max_shard_bytes)
         n = len(self.shards)
-        self.files = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-                                                            for i in range(n)]
+        self.files = [f"{file_stem}.safetensors"] if n == 1 else [
+            f"{file_stem}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
         self._queue = [(s, t) for s, shard in enumerate(self.shards) for t in shard]
         self._pos = 0
         self._file = None
@@ -128,7 +132,8 @@ class StreamingSafetensorsWriter:
         if len(self.files) > 1:
             weight_map = {t.name: self.files[s] for s, shard in enumerate(self.shards) for t in shard}
             total = sum(t.nbytes for shard in self.shards for t in shard)
-            (self.dir / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total},
+            index = INDEX_FILE if self.stem == "model" else f"{self.stem}.safetensors.index.json"
+            (self.dir / index).write_text(json.dumps({"metadata": {"total_size": total},
                                                            "weight_map": weight_map}, indent=2) + "\n")
 
     def abort(self) -> None:

@@ -81,7 +81,7 @@ def run(prepared: PreparedGeneration, backend) -> list[dict]:
     dims.initialize()
     seed_everything(cfg.seed)
     console.line("loading the weights ...")
-    model, _ = load_model(info, dims, cfg.dtype, backend.batch_p2p_comm)
+    model, _ = load_model(info, dims, cfg.dtype, backend.batch_p2p_comm, adapter=prepared.adapter)
     generator = Generator(model, info.model_cfg.vocab_size, info.model_cfg.seq_length,
                           synchronize=backend.synchronize)
     if cfg.task == "chat":

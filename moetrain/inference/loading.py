@@ -118,9 +118,10 @@ def _getter(info: CheckpointInfo):
     return source.get, source.release
 
 
-def load_model(info: CheckpointInfo, dims, dtype: str, batch_p2p_comm: bool):
+def load_model(info: CheckpointInfo, dims, dtype: str, batch_p2p_comm: bool, adapter=None):
     """This rank's model chunk with the checkpoint's weights, in eval mode (process groups for
-    ``dims`` must exist). Returns (model, padded vocabulary size)."""
+    ``dims`` must exist). ``adapter`` (an AdapterCheckpoint): LoRA adapters on top of the base,
+    loaded (re-sharded) from their checkpoint, not merged. Returns (model, padded vocabulary size)."""
     from megatron.core import parallel_state as ps
     from megatron.core.transformer.module import Float16Module
 
@@ -154,6 +155,12 @@ def load_model(info: CheckpointInfo, dims, dtype: str, batch_p2p_comm: bool):
         raise ConfigError(f"--load {info.path}: rank {coord} of {dims.describe()} does not fit the model: "
                           f"missing {missing[:5]}, unexpected {list(unexpected)[:5]}")
     del state
+    if adapter is not None:
+        from moetrain.finetune.lora.apply import apply_lora
+        from moetrain.training.checkpointing import load_adapter_weights
+
+        apply_lora(model, set(adapter.targets), adapter.r, adapter.alpha, 0.0)
+        load_adapter_weights(adapter.path, [model])
     if dtype != "fp32":
         model = Float16Module(config, model)  # casts the first stage's inputs, returns fp32 logits
     model.eval()

@@ -27,6 +27,7 @@ TASKS = ("greedy", "do_sample", "chat")
 @dataclass
 class GenerateConfig:
     load: str = ""
+    lora_load: str | None = None  # a LoRA adapter checkpoint on top of --load (not merged)
     model: str | None = None  # a flavor: the architecture of a checkpoint without metadata, or a check
     device: str | None = None
     tensor_model_parallel_size: int = 1
@@ -64,6 +65,8 @@ def build_parser(prog: str = "moetrain-generate") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Generate text from a moetrain, converted or HF checkpoint.")
     a = p.add_argument
     a("--load", required=True, help="trainer checkpoint, converted (convert_ckpt.py) or Hugging Face directory")
+    a("--lora-load", help="a LoRA adapter checkpoint (a LoRA run's --save) trained on --load: generation runs "
+                          "the base with the adapters, at any layout")
     a("--model", help="flavor (e.g. grok1-tiny): needed for a dist-checkpoint without moetrain's metadata; "
                       "otherwise checked against the checkpoint")
     a("--device", choices=("npu", "cuda", "cpu"), help="default: auto (npu > cuda > cpu)")
@@ -114,6 +117,7 @@ class Prompt:
 class PreparedGeneration:
     cfg: GenerateConfig
     checkpoint: CheckpointInfo
+    adapter: object | None  # moetrain.finetune.lora.adapter_checkpoint.AdapterCheckpoint of --lora-load
     dims: ParallelDims
     tokenizer: object
     template: object | None
@@ -231,6 +235,12 @@ def prepare(cfg: GenerateConfig, world_size: int | None = None, dist_backend: st
         raise ConfigError("; ".join(problems))
     world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
     info = inspect_checkpoint(cfg.load, cfg.model)
+    adapter = None
+    if cfg.lora_load:
+        from moetrain.finetune.lora.adapter_checkpoint import check_adapter_fits, inspect_adapter
+
+        adapter = inspect_adapter(cfg.lora_load)
+        check_adapter_fits(adapter, info.model_cfg, f"--load {info.path}")
     dims = _dims(cfg, world, info.model_cfg, dist_backend)
     tokenizer = _tokenizer(cfg, info)
     template = None
@@ -243,7 +253,9 @@ def prepare(cfg: GenerateConfig, world_size: int | None = None, dist_backend: st
             raise ConfigError(str(e)) from None
     elif cfg.task == "chat":
         raise ConfigError("--task chat needs --prompt-type (the template the model was fine-tuned with)")
-    prepared = PreparedGeneration(cfg, info, dims, tokenizer, template, _stop_rule(tokenizer, template))
+    prepared = PreparedGeneration(cfg, info, adapter, dims, tokenizer, template, _stop_rule(tokenizer, template))
+    if adapter is not None:
+        prepared.notes.append(f"--lora-load {cfg.lora_load}: {adapter.describe()} on the base")
     limit = info.model_cfg.seq_length
     for text, where in _read_prompts(cfg):
         if not text.strip():

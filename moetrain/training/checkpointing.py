@@ -121,10 +121,18 @@ def is_adapter_key(key: str) -> bool:
     return any(part.endswith(ADAPTER_SUFFIX) for part in key.split("."))
 
 
+def _trained_whole(value) -> bool:
+    """A base weight a LoRA run trains whole (the router with ``--lora-target-modules router``):
+    saved with the adapters, and loaded from the base first."""
+    return bool(getattr(getattr(value, "data", None), "requires_grad", False))
+
+
 def _model_part(sd: dict, part: str) -> dict:
     if part == "all":
         return sd
-    return {k: v for k, v in sd.items() if is_adapter_key(k) == (part == "adapters")}
+    if part == "adapters":
+        return {k: v for k, v in sd.items() if is_adapter_key(k) or _trained_whole(v)}
+    return {k: v for k, v in sd.items() if not is_adapter_key(k)}
 
 
 def _sharded_state_dict(model, optimizer, scheduler, state: TrainState | None, with_optim: bool,
@@ -241,6 +249,17 @@ def _load_part(chunk, state: dict, part: str) -> None:
     if missing or unexpected:
         raise ConfigError(f"checkpoint does not fit the model ({part}): missing {missing[:5]}, "
                           f"unexpected {list(unexpected)[:5]}")
+
+
+def load_adapter_weights(ckpt_dir: str | Path, model) -> None:
+    """An adapter checkpoint's ``iter_*`` directory into model chunks that carry the adapters
+    (generation: no optimizer, any layout). Collective."""
+    from megatron.core import dist_checkpointing
+
+    sd = _sharded_state_dict(model, None, None, None, False, is_loading=True, part="adapters")
+    loaded = dist_checkpointing.load(sd, str(ckpt_dir))
+    for i, chunk in enumerate(unwrap_model_chunks(model)):
+        _load_part(chunk, loaded["model" if len(model) == 1 else f"model{i}"], "adapters")
 
 
 def load_checkpoint(root: str | Path, model, optimizer, scheduler, *, load_optim: bool, load_rng: bool,

@@ -135,6 +135,19 @@ def _check_lora(cfg: PretrainConfig) -> None:
         raise ConfigError(f"--lora-load {lora.lora_load} needs --load (the base model the adapters belong to)")
 
 
+def _check_adapter(cfg: PretrainConfig, model_cfg) -> None:
+    """A --lora-load adapter that holds a checkpoint must be of this base, rank and target set
+    (an empty --lora-load is where a new run's adapters will be saved)."""
+    lora = cfg.lora
+    if not lora.lora_load or checkpointing.read_latest(lora.lora_load) is None:
+        return
+    from moetrain.finetune.lora.adapter_checkpoint import check_adapter_fits, inspect_adapter
+
+    adapter = inspect_adapter(lora.lora_load)
+    check_adapter_fits(adapter, model_cfg, f"--load {cfg.checkpoint.load}", r=lora.lora_r,
+                       targets=lora.lora_target_modules)
+
+
 def resolve(cfg: PretrainConfig, world_size: int, dist_backend: str = "gloo") -> ResolvedRun:
     t = cfg.training
     _check_lora(cfg)
@@ -168,6 +181,7 @@ def resolve(cfg: PretrainConfig, world_size: int, dist_backend: str = "gloo") ->
             meta = checkpointing.read_meta(ck.load, load_iteration)
             checkpointing.check_compatible(meta["model_config"], model_cfg,
                                            f"{ck.load}/{checkpointing.iter_dir_name(load_iteration)}")
+    _check_adapter(cfg, model_cfg)
     from moetrain.training.lr_schedule import schedule_iters
 
     schedule_iters(cfg.optimizer, t.train_iters)

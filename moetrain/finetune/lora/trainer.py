@@ -46,4 +46,9 @@ class LoraTrainer(Trainer):
         return TrainState()
 
     def checkpoint_meta(self) -> dict:
-        return {**super().checkpoint_meta(), "lora": {"adapters_only": True, **vars(self.run.cfg.lora)}}
+        from moetrain.finetune.lora.adapter_checkpoint import adapter_meta
+
+        lora = self.run.cfg.lora
+        return {**super().checkpoint_meta(), "lora": {**adapter_meta(lora.lora_r, lora.lora_alpha, lora.lora_dropout,
+                                                                     lora.lora_target_modules),
+                                                      "lora_load": lora.lora_load}}
