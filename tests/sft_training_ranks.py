@@ -31,6 +31,11 @@ def metrics(log_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+# LoRA on attention and every expert (tests/test_lora_training.py; TP2 x PP2 x EP2 runs it here).
+LORA = ["--lora-target-modules", "linear_qkv", "linear_proj", "linear_fc1", "linear_fc2", "--lora-r", "4",
+        "--lora-alpha", "8"]
+
+
 def _allow_children() -> None:
     """dist_checkpointing's writer starts helper processes; the harness's ranks count as daemonic."""
     import multiprocessing
@@ -68,6 +73,8 @@ def single_rank_group(rank, world, data: dict, tokenizer: str, tmp: str) -> dict
     out["aux_fixed"], out["aux_values"] = losses(aux), [aux.aux_losses[i] for i in sorted(aux.aux_losses)]
     out["aux_variable"] = losses(run_pretrain(args("grok1-tiny", data["unpacked"], tokenizer,
                                                    tmp / "logs_aux_variable", *init, *AUX, *VARIABLE)))
+    out["lora"] = losses(run_pretrain(args("grok1-tiny", data["unpacked"], tokenizer, tmp / "logs_lora", *init,
+                                           *LORA)))
     out["no_shuffle"] = losses(run_pretrain(args("grok1-tiny", data["unpacked"], tokenizer, tmp / "logs_noshuf",
                                                  *init, "--no-shuffle")))
     # Resume mid-epoch, with shuffling and evaluation: uninterrupted, then from iteration 3 on.

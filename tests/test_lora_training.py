@@ -1,6 +1,8 @@
 """LoRA fine-tuning through the trainer (grok1-tiny, CPU ranks): adapters on attention and every
-expert, base frozen and loaded from --load, adapter-only checkpoints that resume exactly, and the
-same losses under TP2 + SP, PP2 and EP2 as on one rank (fp32 reduction order only)."""
+expert, base frozen and loaded from --load, adapter-only checkpoints that resume exactly, the same
+losses under TP2 + SP, PP2 and EP2 as on one rank (fp32 reduction order only), and adapters trained
+at TP2 / EP2 that give the same logits loaded on one rank. (TP2 x PP2 x EP2 is one of the 8-rank
+runs of tests/test_sft_training.py.)"""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from lora_training_ranks import ITERS, layout_lora, single_rank_lora
+from lora_training_ranks import ITERS, LORA, layout_lora, single_rank_lora
 from test_sft_training import PARITY_RTOL, sft_data
 
 from moetrain.testing.spawn import run_on_ranks
@@ -26,10 +28,10 @@ LAYOUTS = {"tp2": ["--tensor-model-parallel-size", "2", "--sequence-parallel"],
 def runs():
     data, tok, _ = sft_data()
     tmp = Path(tempfile.mkdtemp(prefix="moetrain_lora_"))
-    single = run_on_ranks(1, single_rank_lora, (data, tok, str(tmp)), timeout=300)[0]
     layouts = run_on_ranks(2, layout_lora, (data, tok, str(tmp), LAYOUTS), timeout=400)
     for r in layouts:
-        assert r == layouts[0], "ranks disagree on the losses"
+        assert r["losses"] == layouts[0]["losses"], "ranks disagree on the losses"
+    single = run_on_ranks(1, single_rank_lora, (data, tok, str(tmp)), timeout=300)[0]
     yield single, layouts[0], tmp
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -54,7 +56,31 @@ def test_lora_resume_is_exact(runs):
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_lora_layouts_equal_one_rank(runs, layout):
     single, layouts, _ = runs
-    assert layouts[layout] == pytest.approx(single["ref"], rel=PARITY_RTOL), (layout, layouts[layout], single["ref"])
+    got = layouts["losses"][layout]
+    assert got == pytest.approx(single["ref"], rel=PARITY_RTOL), (layout, got, single["ref"])
+
+
+@pytest.mark.parametrize("layout", ["tp2", "ep2"])
+def test_adapter_trained_at_tp2_or_ep2_gives_the_same_logits_on_one_rank(runs, layout):
+    single, layouts, _ = runs
+    at_layout, on_one = layouts["logits"][layout], single["logits"][layout]
+    worst = float((at_layout - on_one).abs().max() / on_one.abs().max())
+    assert worst < 1e-5, (layout, worst)  # fp32: TP splits the reductions
+
+
+def test_adapter_of_another_rank_or_target_set_is_refused_before_any_rank_starts(runs, capsys):
+    from test_training_config import _fails
+
+    _, _, tmp = runs
+    data, tok, _ = sft_data()
+    base = ["--model", "grok1-tiny", "--data-path", data["unpacked"], "--is-instruction-dataset",
+            "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", tok, "--load", str(tmp / "base"),
+            "--lora-load", str(tmp / "lora_ep2")]
+    err = _fails([*base, "--lora-target-modules", "linear_qkv", "--lora-r", "4"], capsys, world=1)
+    assert "adapts linear_qkv linear_proj linear_fc1 linear_fc2, the run asks for --lora-target-modules " \
+           "linear_qkv" in err, err
+    err = _fails([*base, *LORA[:5], "--lora-r", "8"], capsys, world=1)
+    assert "has rank 4, the run asks for --lora-r 8; pass --lora-r 4" in err, err
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -19,7 +19,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest_data import read_docs, run, sp_args, sp_model, write_jsonl
-from sft_training_ranks import AUX, ITERS, PACKED, RESUME_ITERS, VARIABLE, layout_group, single_rank_group
+from sft_training_ranks import (
+    AUX,
+    ITERS,
+    LORA,
+    PACKED,
+    RESUME_ITERS,
+    VARIABLE,
+    layout_group,
+    single_rank_group,
+)
 from test_training_config import _fails as pretrain_fails  # tests/ is on sys.path
 
 from moetrain.testing.spawn import run_on_ranks
@@ -97,7 +106,8 @@ LAYOUTS = {  # name: (world size, layout flags, {run: (data kind, flags)}); one 
             {"fixed": ("unpacked", []), "variable": ("unpacked", VARIABLE)}),
     "tp2_pp2_ep2": (8, ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
                         "--expert-model-parallel-size", "2", "--sequence-parallel", "--use-distributed-optimizer"],
-                    {"packed_variable": ("packed", PACKED + VARIABLE), "variable": ("unpacked", VARIABLE)}),
+                    {"packed_variable": ("packed", PACKED + VARIABLE), "variable": ("unpacked", VARIABLE),
+                     "lora": ("unpacked", LORA)}),
 }
 PARITY = [(layout, label) for layout, (_, _, runs) in LAYOUTS.items() for label in runs if "aux" not in label]
 
@@ -137,9 +147,10 @@ def test_reference_losses_fall(single):
 
 @pytest.mark.parametrize("layout,label", PARITY, ids=[f"{a}-{b}" for a, b in PARITY])
 def test_layout_parity(layouts, single, layout, label):
-    """Every layout, fixed or variable length, packed or not, gives the 1-rank fixed-length losses."""
+    """Every layout, fixed or variable length, packed or not, gives the 1-rank fixed-length losses;
+    LoRA (adapters on attention and every expert, base frozen) under TP2 x PP2 x EP2 its 1-rank losses."""
     kind = LAYOUTS[layout][2][label][0]
-    ref = single["ref_packed" if kind == "packed" else "ref"]
+    ref = single["lora" if label == "lora" else "ref_packed" if kind == "packed" else "ref"]
     got = layouts[layout][label]
     assert got == pytest.approx(ref, rel=PARITY_RTOL), (layout, label)
 
