@@ -211,9 +211,16 @@ class LoggingSection:
 
 @dataclass
 class PretrainConfig:
-    model: str = "llama-tiny"  # a flavor name (moetrain.models.list_flavors())
+    # A flavor name (moetrain.models.list_flavors()); None: the architecture flags describe the
+    # whole model (a Megatron-LM recipe without --model: moetrain.compat.architecture).
+    model: str | None = "llama-tiny"
     model_overrides: dict = field(default_factory=dict)  # ModelConfig field -> value
     device: str | None = None  # npu | cuda | cpu; None: auto
+    dry_run: bool = False  # resolve and print the run (model, layout, planned memory), start nothing
+    # Other frameworks' flags (moetrain.compat.megatron_flags): the start-up lines they produce, and
+    # Megatron-LM's --max-position-embeddings, checked against the sequence length.
+    compat_notes: list = field(default_factory=list)
+    max_position_embeddings: int | None = None
     parallel: ParallelSection = field(default_factory=ParallelSection)
     training: TrainingSection = field(default_factory=TrainingSection)
     optimizer: OptimizerSection = field(default_factory=OptimizerSection)

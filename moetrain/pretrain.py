@@ -58,9 +58,17 @@ def main(argv: list[str] | None = None, prog: str = "moetrain-pretrain") -> int:
     warnings.filterwarnings("ignore", category=UserWarning, module="megatron")
     try:
         run, backend = prepare(argv)
+        if run.cfg.dry_run:
+            from moetrain.training.dry_run import describe_run
+
+            print("\n".join([*run.notes, *describe_run(run)]))
+            return 0
     except _USER_ERRORS as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    if os.environ.get("RANK", "0") == "0":  # torchrun starts this in every rank: say it once
+        for note in run.notes:
+            print(f"{prog}: {note}")
     from moetrain.device import setup_device
     from moetrain.device.process_group import run_in_process_group
     from moetrain.training.loop import TrainingError

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import typing
 from pathlib import Path
 
@@ -66,7 +67,10 @@ def _add_field(group, name: str, hint, default, dest: str | None = None, optiona
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="moetrain-pretrain", description="Pretrain a MoE / dense LLM on megatron-core.")
     p.add_argument("--config", help="YAML or TOML file with the same settings (command line wins)")
-    p.add_argument("--model", default=PretrainConfig.model, help="model flavor, e.g. grok1-40b, llama2-7b, grok1-tiny")
+    p.add_argument("--model", default=None, help="model flavor, e.g. grok1-40b, llama2-7b, grok1-tiny (default: the "
+                   f"model the architecture flags describe, else {PretrainConfig.model})")
+    p.add_argument("--dry-run", action="store_true", help="resolve the flags for this world size, print the model, "
+                   "its layout per rank and the planner's memory estimate, and exit without starting ranks")
     p.add_argument("--device", default=None, choices=("npu", "cuda", "cpu"), help="default: auto (npu > cuda > cpu)")
     p.add_argument("--model-override", action="append", default=[], metavar="KEY=VALUE",
                    help="override any ModelConfig field, e.g. --model-override num_layers=8")
@@ -111,7 +115,7 @@ def load_config_file(path: str) -> dict:
             flat.update({k.replace("-", "_"): v for k, v in value.items()})
         else:
             flat[key] = value
-    known = {"model", "device", "model_override", "model_overrides"}
+    known = {"model", "device", "model_override", "model_overrides", "dry_run"}
     for cls in SECTIONS.values():
         known |= {f.name for f in dataclasses.fields(cls)}
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)} - _MODEL_SKIP
@@ -133,7 +137,13 @@ def load_config_file(path: str) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> PretrainConfig:
+    from moetrain.compat.architecture import describes_model
+    from moetrain.compat.megatron_flags import translate
+
     parser = build_parser()
+    # Megatron-LM / ModelLink spellings -> moetrain's (refused flags raise here, with the reason).
+    translation = translate(list(sys.argv[1:] if argv is None else argv), set(parser._option_string_actions))
+    argv = translation.argv
     config_pre = argparse.ArgumentParser(add_help=False)
     config_pre.add_argument("--config")
     pre, _ = config_pre.parse_known_args(argv)
@@ -149,4 +159,9 @@ def parse_args(argv: list[str] | None = None) -> PretrainConfig:
     sections = {}
     for section, cls in SECTIONS.items():
         sections[section] = cls(**{f.name: ns[f.name] for f in dataclasses.fields(cls)})
-    return PretrainConfig(model=ns["model"], model_overrides=overrides, device=ns["device"], **sections)
+    model = ns["model"]
+    if model is None:
+        model = None if describes_model(overrides) else PretrainConfig.model
+    return PretrainConfig(model=model, model_overrides=overrides, device=ns["device"], dry_run=ns["dry_run"],
+                          compat_notes=translation.startup_lines(),
+                          max_position_embeddings=translation.max_position_embeddings, **sections)

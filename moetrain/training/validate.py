@@ -9,7 +9,7 @@ raises one ``ConfigError`` / ``LayoutError`` whose message names the flags invol
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from moetrain.config import ConfigError, PretrainConfig
@@ -30,20 +30,35 @@ class ResolvedRun:
     log_dir: Path
     load_iteration: int | None  # None: start from scratch
     load_converted: bool = False  # --load is a converted per-rank checkpoint (weights only)
+    notes: list[str] = field(default_factory=list)  # start-up lines (rank 0 prints them once)
 
 
-def _model_config(cfg: PretrainConfig, tokenizer) -> ModelConfig:
+def _model_config(cfg: PretrainConfig, tokenizer) -> tuple[ModelConfig, list[str]]:
+    """The run's model and the start-up lines about it (how flags without --model differ from the
+    family's flavor)."""
     from moetrain.models import get_flavor, list_flavors
 
-    if cfg.model not in list_flavors():
-        raise ConfigError(f"--model {cfg.model!r} is not a known flavor; choose one of {', '.join(list_flavors())}")
+    model_cfg, notes = _flavor_or_flags(cfg, tokenizer, get_flavor, list_flavors)
+    limit = cfg.max_position_embeddings
+    if limit is not None and model_cfg.seq_length > limit:
+        raise ConfigError(f"--seq-length {model_cfg.seq_length} exceeds --max-position-embeddings {limit}")
+    return model_cfg, notes
+
+
+def _flavor_or_flags(cfg: PretrainConfig, tokenizer, get_flavor, list_flavors) -> tuple[ModelConfig, list[str]]:
     overrides = dict(cfg.model_overrides)
     if tokenizer is not None and "vocab_size" not in overrides:
         overrides["vocab_size"] = tokenizer.vocab_size  # Megatron: the tokenizer decides the vocabulary
+    if cfg.model is None:
+        from moetrain.compat.architecture import model_from_flags
+
+        return model_from_flags(overrides, cfg.training.seq_length)
+    if cfg.model not in list_flavors():
+        raise ConfigError(f"--model {cfg.model!r} is not a known flavor; choose one of {', '.join(list_flavors())}")
     if cfg.training.seq_length is not None:
         overrides["seq_length"] = cfg.training.seq_length
     try:
-        return get_flavor(cfg.model, **overrides)
+        return get_flavor(cfg.model, **overrides), []
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from None
 
@@ -113,7 +128,7 @@ def log_dir_for(cfg: PretrainConfig) -> Path:
         return Path(os.environ["MOETRAIN_LOG_DIR"])
     if cfg.checkpoint.save:
         return Path(cfg.checkpoint.save) / "logs"
-    return Path("runs") / cfg.model
+    return Path("runs") / (cfg.model or "from-flags")
 
 
 def _check_lora(cfg: PretrainConfig) -> None:
@@ -156,7 +171,7 @@ def resolve(cfg: PretrainConfig, world_size: int, dist_backend: str = "gloo") ->
                           "instruction --data-path")
     # --mock-data needs no tokenizer: without one its tokens span the model's vocabulary (pretrain_data).
     tokenizer = _tokenizer(cfg) if cfg.data.data_path or cfg.data.tokenizer_type else None
-    model_cfg = _model_config(cfg, tokenizer)
+    model_cfg, model_notes = _model_config(cfg, tokenizer)
     dims = _dims(cfg, world_size, model_cfg.num_layers, dist_backend)
     dims.validate_model(model_cfg, dist_backend)
     num_microbatches = dims.num_microbatches(t.global_batch_size, t.micro_batch_size)
@@ -193,4 +208,5 @@ def resolve(cfg: PretrainConfig, world_size: int, dist_backend: str = "gloo") ->
         _check_data(cfg)  # last: the files and their content
     return ResolvedRun(cfg=cfg, model_cfg=model_cfg, dims=dims, seq_length=model_cfg.seq_length,
                        num_microbatches=num_microbatches, tokenizer=tokenizer, log_dir=log_dir_for(cfg),
-                       load_iteration=load_iteration, load_converted=load_converted)
+                       load_iteration=load_iteration, load_converted=load_converted,
+                       notes=[*model_notes, *cfg.compat_notes])

@@ -1,0 +1,1 @@
+"""Compatibility with other frameworks' command lines (Megatron-LM, ModelLink / MindSpeed-LLM)."""
