@@ -52,6 +52,7 @@ class TrainingSection:
     recompute_num_layers: int | None = None
     moe_token_dispatcher_type: str = "alltoall"
     max_nan_iters: int = 10  # stop after this many NaN/inf losses in a row
+    make_vocab_size_divisible_by: int = 128  # Megatron pads the vocabulary to a multiple of this x TP
 
     def __post_init__(self) -> None:
         if self.bf16 and self.fp16:

@@ -28,9 +28,10 @@ from moetrain.config import ConfigError
 
 @dataclass(frozen=True)
 class Mapped:
-    """``rewrite(value)`` -> moetrain argv (value None for a flag without one); may raise ConfigError."""
+    """``rewrite(value)`` -> moetrain argv (value None for a flag without one); may raise ConfigError.
+    ``takes_value``: False, True (one value) or the number of values."""
 
-    takes_value: bool
+    takes_value: bool | int
     rewrite: Callable[[str | None], list[str]]
     meaning: str
 
@@ -112,7 +113,33 @@ MAPPED: dict[str, Mapped] = {
                                       "--recompute-granularity selective"),
     "--tensorboard-dir": Mapped(True, lambda v: ["--log-dir", v], "--log-dir (tensorboard/ is written under it)"),
     "--attention-softmax-in-fp32": Mapped(False, _drop, "the attention softmax is computed in fp32"),
+    # MindSpeed-LLM's Grok-1 spellings: --post-norm adds the norms after attention and the MoE (Grok-1's
+    # sandwich); --input-jitter is argparse store_false there, so passing it turns the router jitter off.
+    "--post-norm": Mapped(False, lambda v: ["--sandwich-norm"], "--sandwich-norm (Grok-1's post norms)"),
+    "--input-jitter": Mapped(False, _drop, "no router input jitter (MindSpeed-LLM's flag switches it off)"),
+    "--spec": Mapped(2, _drop, "each family's own layer spec (moetrain/models/<family>/spec.py)"),
+    "--moe-layer-freq": Mapped(True, _only("--moe-layer-freq", ("1", "-1"), "every layer of moetrain's MoE "
+                                           "families is an MoE layer"), "every layer is an MoE layer"),
+    "--first-k-dense-replace": Mapped(True, _only("--first-k-dense-replace", ("0", "-1"), "moetrain's MoE "
+                                                  "families have no dense first layers"), "no dense first layers"),
+    "--rotary-percent": Mapped(True, _only("--rotary-percent", ("1.0", "1"), "rotary embeddings cover the whole "
+                                           "head in moetrain's families"), "rotary on the whole head"),
+    "--stage": Mapped(True, lambda v: _stage(v), "--is-instruction-dataset (supervised fine-tuning)"),
+    "--no-pad-to-seq-lengths": Mapped(False, lambda v: ["--variable-seq-lengths"], "--variable-seq-lengths"),
+    "--padded-vocab-size": Mapped(True, lambda v: ["--vocab-size", v, "--make-vocab-size-divisible-by", "1"],
+                                  "--vocab-size N, unpadded"),
+    "--context-parallel-algo": Mapped(True, _drop, "no context parallelism (--context-parallel-size 1)"),
+    "--no-check-for-nan-in-loss-and-grad": Mapped(False, _drop, "a NaN / inf loss skips its step; "
+                                                  "--max-nan-iters in a row stop the run"),
+    "--no-save-rng": Mapped(False, _drop, "RNG states are small and always saved; --no-load-rng skips them"),
 }
+
+
+def _stage(value: str | None) -> list[str]:
+    if value != "sft":
+        raise ConfigError(f"--stage {value}: moetrain fine-tunes with supervised fine-tuning (--stage sft); "
+                          "DPO / reward-model stages are not implemented")
+    return ["--is-instruction-dataset"]
 
 # Values that need the whole command line: samples -> iterations (Megatron-LM's sample-based schedule).
 SAMPLE_FLAGS = {"--train-samples": "--train-iters", "--lr-decay-samples": "--lr-decay-iters",
@@ -152,6 +179,10 @@ HINTS: dict[str, Hint] = {
     "--log-memory-to-tensorboard": Hint(False, "peak memory per rank is logged"),
     "--log-num-zeros-in-grad": Hint(False, "not logged"),
     "--log-params-norm": Hint(False, "not logged"),
+    "--lora-fusion": Hint(False, "LoRA adapters run as their own fp32 GEMMs (moetrain/finetune/lora/layers.py)"),
+    "--moe-permute-fusion": Hint(False, "the token dispatcher's permutation " + _KERNELS),
+    "--gemm-gradient-accumulation-fusion": Hint(False, "gradients accumulate in megatron-core's DDP buffers"),
+    "--reuse-fp32-param": Hint(False, "the optimizer keeps megatron-core's fp32 main parameters"),
     "--use-checkpoint-args": Hint(False, "the architecture comes from the flags / --model and is checked "
                                          "against the checkpoint's metadata"),
 }
@@ -165,8 +196,8 @@ REFUSED: dict[str, Refused] = {
                                         "adds them: recipes for these models pass --disable-bias-linear)"),
     "--moe-input-jitter-eps": Refused(True, "router input jitter is not implemented; drop the flag "
                                             "(it is a training-noise regulariser, not part of the model)"),
-    "--moe-layer-freq": Refused(True, "every layer of moetrain's MoE families is an MoE layer", ("1",)),
-    "--spec": Refused(True, "moetrain builds each family's own layer spec (moetrain/models/<family>/spec.py)"),
+    "--rope-scaling-type": Refused(True, "rotary scaling (Llama 3.1's llama3, yarn) is not implemented; "
+                                         "Llama 3 8B uses plain rotary embeddings"),
     "--yaml-cfg": Refused(True, "give the settings as flags, or as moetrain's --config file.yaml"),
 }
 
@@ -227,12 +258,13 @@ def translate(argv: list[str], own_flags: set[str]) -> Translation:
             i += 2
         elif arg in MAPPED:
             m = MAPPED[arg]
-            value = _value(split, i, arg) if m.takes_value else None
+            n = int(m.takes_value)
+            value = " ".join(_value(split, i + k, arg) for k in range(n)) if n else None
             rewritten = m.rewrite(value)
             out.argv.extend(rewritten)
             if rewritten != [arg] + ([value] if value is not None else []):
                 out.mapped.append((arg if value is None else f"{arg} {value}", m.meaning))
-            i += 2 if m.takes_value else 1
+            i += 1 + n
         elif arg in HINTS:
             h = HINTS[arg]
             out.hints.append((arg, h.chosen))

@@ -125,7 +125,7 @@ def build_model_and_optimizer(run: ResolvedRun, batch_p2p_comm: bool, prepare_ch
                              calculate_per_token_loss=run.cfg.sft.is_instruction_dataset,
                              variable_seq_lengths=run.cfg.sft.variable_seq_lengths and run.dims.pp > 1)
     tf_config = build_transformer_config(run.model_cfg, run.dims, options)
-    padded = padded_vocab_size(run.model_cfg.vocab_size, run.dims.tp)
+    padded = padded_vocab_size(run.model_cfg.vocab_size, run.dims.tp, run.cfg.training.make_vocab_size_divisible_by)
     chunks = build_model_chunks(run.model_cfg, tf_config, padded)
     if t.dtype != "fp32":
         # Casts the loss back to fp32 on the last stage and p2p inputs to the model dtype.
