@@ -20,8 +20,8 @@ GROK_40B_FLAGS = ["--num-layers", "8", "--hidden-size", "6144", "--num-attention
 
 def test_the_tables_do_not_shadow_moetrain_flags():
     # A foreign flag spelled like one of moetrain's would change the meaning of moetrain's own;
-    # --tokenizer-type is the one own flag with a value rewrite (NullTokenizer).
-    assert (set(MAPPED) - {"--tokenizer-type"}) & OWN == set()
+    # --tokenizer-type and --moe-token-dispatcher-type are own flags with a value rewrite.
+    assert (set(MAPPED) - {"--tokenizer-type", "--moe-token-dispatcher-type"}) & OWN == set()
     assert set(HINTS) & OWN == set() and set(REFUSED) & OWN == set()
     assert not set(MAPPED) & set(HINTS) and not set(HINTS) & set(REFUSED)
 
@@ -57,6 +57,11 @@ def test_hints_are_accepted_and_listed_once():
 def test_refused_flags_say_why_and_what_instead(argv, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         translate(argv, OWN)
+
+
+def test_own_flags_with_foreign_values_are_rewritten():
+    t = translate(["--moe-token-dispatcher-type", "alltoall_seq", "--tokenizer-type", "Llama2Tokenizer"], OWN)
+    assert t.argv == ["--moe-token-dispatcher-type", "alltoall", "--tokenizer-type", "Llama2Tokenizer"]
 
 
 def test_context_parallel_of_one_is_what_moetrain_does():
@@ -117,3 +122,13 @@ def test_dry_run_prints_model_layout_and_plan_and_starts_nothing(capsys, monkeyp
     assert "layout: world 16 = TP4 x PP2 x DP2; EP2 +SP; layers per stage [4, 4]" in out
     assert "stage 1: 4 layers, per rank" in out and "GiB planned" in out
     assert "performance hints accepted" in out and out.rstrip().endswith("dry run: nothing was started")
+
+
+def test_docs_migrating_lists_every_flag_of_the_tables():
+    from pathlib import Path
+
+    from moetrain.compat.megatron_flags import SAMPLE_FLAGS
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "migrating.md").read_text()
+    for flag in [*MAPPED, *HINTS, *REFUSED, *SAMPLE_FLAGS, "--max-position-embeddings"]:
+        assert f"| `{flag}` |" in text, flag

@@ -74,6 +74,11 @@ def _tokenizer_type(value: str | None) -> list[str]:
     return [] if value == "NullTokenizer" else ["--tokenizer-type", value]
 
 
+def _dispatcher(value: str | None) -> list[str]:
+    """MindSpeed-LLM's alltoall_seq is megatron-core's alltoall since 0.13 (merged there)."""
+    return ["--moe-token-dispatcher-type", "alltoall" if value == "alltoall_seq" else value]
+
+
 def _load_balancing(value: str | None) -> list[str]:
     if value == "none":
         return ["--moe-aux-loss-coeff", "0"]
@@ -102,6 +107,7 @@ MAPPED: dict[str, Mapped] = {
     "--embedding-multiplier-scale": Mapped(True, _rename("--embedding-multiplier"), "--embedding-multiplier"),
     "--output-multiplier-scale": Mapped(True, _rename("--output-multiplier"), "--output-multiplier"),
     "--tokenizer-type": Mapped(True, _tokenizer_type, "NullTokenizer: --mock-data's token ids span the vocabulary"),
+    "--moe-token-dispatcher-type": Mapped(True, _dispatcher, "alltoall_seq: megatron-core's alltoall"),
     "--moe-router-load-balancing-type": Mapped(True, _load_balancing, "aux_loss, or none (--moe-aux-loss-coeff 0)"),
     "--context-parallel-size": Mapped(True, _only("--context-parallel-size", ("1",), "context parallelism is not "
                                                   "implemented; shard long sequences with --tensor-model-parallel-"
