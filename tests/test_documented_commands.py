@@ -570,6 +570,14 @@ def validate_generate(args: list[str], world: int, cwd: Path) -> None:
             assert flavor, f"--load {cfg.load} does not exist here and names no --model to stand in for"
             m.setattr(options, "inspect_checkpoint",
                       lambda load, model: CheckpointInfo(Path(load), "trainer", get_flavor(flavor), {}))
+        if cfg.lora_load and not Path(cfg.lora_load).exists():  # the adapter of a documented LoRA run
+            from moetrain.finetune.lora import adapter_checkpoint
+
+            def stand_in_adapter(path, flag="--lora-load"):
+                model = get_flavor(cfg.model or DEMO_CHECKPOINTS[cfg.load.rstrip("/")])
+                return adapter_checkpoint.AdapterCheckpoint(Path(path), model, 16, 32.0, ("linear_qkv",), 1)
+
+            m.setattr(adapter_checkpoint, "inspect_adapter", stand_in_adapter)
         tok = cfg.tokenizer_model or cfg.tokenizer_name_or_path
         if stand_in or (tok and not Path(tok).exists()):  # a stood-in model's tokenizer is stood in too
             m.setattr(options, "_tokenizer", lambda cfg, info: _StandInTokenizer())

@@ -19,6 +19,7 @@ from test_recipes import (  # tests/ is on sys.path under pytest
 from moetrain.models.param_count import parameters_per_rank
 from moetrain.parallel import default_expert_tp
 from moetrain.planner import Layout, Setup, make_plan
+from moetrain.planner.memory import LoraSetup
 from moetrain.training import validate
 from moetrain.training.cli import parse_args
 
@@ -75,11 +76,20 @@ def _stated_memory_gib(recipe: Path) -> float:
     return float(match.group(1))
 
 
+def _planner_setup(run) -> Setup:
+    t, lora = run.cfg.training, run.cfg.lora
+    # a LoRA recipe is planned as one: frozen base, fp32 adapters with gradients and Adam state
+    return Setup(t.global_batch_size, t.micro_batch_size, run.seq_length, bf16=t.bf16,
+                 lora=LoraSetup(lora.lora_r, tuple(lora.lora_target_modules)) if lora.enabled else None)
+
+
 @pytest.mark.parametrize("recipe", BIG, ids=[r.stem for r in BIG])
 def test_recipe_fits_its_stated_devices(recipe, tmp_path, monkeypatch):
     run = _trainer_run(recipe, tmp_path, monkeypatch, "nccl")
-    t = run.cfg.training
-    setup = Setup(t.global_batch_size, t.micro_batch_size, run.seq_length, bf16=t.bf16)
-    plan = make_plan(run.model_cfg, _planner_layout(run), setup, device_memory_gib=_stated_memory_gib(recipe),
-                     reserved_gib=2.0)
+    plan = make_plan(run.model_cfg, _planner_layout(run), _planner_setup(run),
+                     device_memory_gib=_stated_memory_gib(recipe), reserved_gib=2.0)
     assert plan.fits, f"{recipe}: {plan.peak_memory_gib:.1f} GiB per rank"
+    # a header that quotes the planner quotes what it predicts now
+    quoted = re.search(r"planner predicts ([\d.]+) GiB per rank", (REPO / recipe).read_text())
+    if quoted:
+        assert quoted.group(1) == f"{plan.peak_memory_gib:.1f}", f"{recipe}: re-quote {plan.peak_memory_gib:.1f} GiB"

@@ -129,3 +129,83 @@ def test_cli(tmp_path, capsys):
     assert data["peak_memory_gib"] < 64 and data["stages"][0]["total_gib"] * GiB > 0
     assert cli.main(argv[:2] + ["--tp", "3"] + argv[4:]) == 2
     assert "does not divide" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- LoRA
+LINEARS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
+
+
+def test_lora_count_matches_peft_llama3_8b():
+    from moetrain.models.param_count import count_lora_parameters
+
+    # PEFT's print_trainable_parameters for Llama-3-8B, r 16 on q k v o gate up down: 41,943,040
+    assert count_lora_parameters(get_flavor("llama3-8b"), 16, LINEARS) == 41_943_040
+
+
+def test_lora_state_memory_per_param():
+    from moetrain.planner.memory import LoraSetup
+
+    cfg = get_flavor("grok1-314b")
+    lay = Layout(world_size=64, tp=8, pp=8, ep=8, expert_tp=1, sequence_parallel=True, use_distributed_optimizer=True)
+    setup = Setup(128, 1, 4096, lora=LoraSetup(16, (*LINEARS, "router")))
+    full = memory_per_stage(cfg, lay, Setup(128, 1, 4096))
+    for s, f in zip(memory_per_stage(cfg, lay, setup), full):
+        a, st = s.adapters, s.lora_state
+        assert a.dense and a.expert and a.router == s.params.layers * 8 * 6144
+        # frozen base: bf16 weights only; adapters fp32 4 + 4 + 8 B (Adam over DP 1 / expert-DP 1)
+        assert st.base_weights == f.weights and s.weights == f.weights + 4 * a.adapters
+        assert s.gradients == 4 * a.adapters + 4 * a.router
+        assert s.optimizer == 8 * (a.dense / lay.dp + a.expert / lay.expert_dp) + 12 * a.router / lay.dp
+        assert s.trainable == a.total < s.params.total / 100
+        # fp32 adapter inputs (full sequence under SP) outweigh what the frozen norms and output layer
+        # no longer keep, but model state shrinks far more
+        assert s.activations > f.activations and s.total < f.total / 2
+    # the distributed optimizer shards adapter state, nothing else
+    plain = memory_per_stage(cfg, lay.replace(use_distributed_optimizer=False, ep=4), setup)[0]
+    dist = memory_per_stage(cfg, lay.replace(ep=4), setup)[0]  # expert-DP 2
+    assert (dist.weights, dist.gradients) == (plain.weights, plain.gradients)
+    assert dist.lora_state.adapter_optimizer == pytest.approx(
+        8 * (plain.adapters.dense / 1 + plain.adapters.expert / 2))
+
+
+def test_lora_on_experts_needs_expert_tp_1():
+    from moetrain.planner.memory import LoraSetup
+
+    lay = Layout(world_size=16, tp=4, pp=2, ep=2, sequence_parallel=True)  # expert-TP 4 (accelerator default)
+    with pytest.raises(ValueError, match="--expert-tensor-parallel-size 1"):
+        make_plan(GROK40, lay, Setup(128, 1, 8192, lora=LoraSetup()))
+    # attention-only adapters do not touch the experts
+    make_plan(GROK40, lay, Setup(128, 1, 8192, lora=LoraSetup(16, ("linear_qkv", "linear_proj"))))
+    # suggestions for a LoRA run on experts keep expert-TP 1
+    bad = Layout(world_size=16, tp=1, pp=1, ep=1, expert_tp=1)
+    plan = plan_with_suggestions(GROK40, bad, Setup(128, 1, 8192, lora=LoraSetup()), device_memory_gib=64,
+                                 reserved_gib=2, max_tp=8)
+    assert plan.suggestions and all(s.layout.expert_tp == 1 for s in plan.suggestions)
+
+
+def test_lora_cli(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from moetrain.models.param_count import count_lora_parameters
+
+    spec = importlib.util.spec_from_file_location("plan_cli", Path(__file__).parents[1] / "tools" / "plan.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    out = tmp_path / "plan.json"
+    argv = ["--model", "grok1-314b", "--tp", "8", "--pp", "8", "--ep", "8", "--etp", "1", "--nnodes", "8",
+            "--gbs", "128", "--seq", "4096", "--device", "910b2", "--use-distributed-optimizer",
+            "--sequence-parallel", "--bf16", "--lora-r", "16", "--json", str(out)]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "LoRA r 16 on linear_qkv linear_proj linear_fc1 linear_fc2" in text and "base weights" in text
+    data = json.loads(out.read_text())
+    trainable = count_lora_parameters(get_flavor("grok1-314b"), 16, LINEARS)
+    assert data["params"]["trainable"] == data["lora"]["trainable_params"] == trainable
+    s0 = data["stages"][0]
+    assert s0["lora"]["adapter_optimizer_gib"] == pytest.approx(s0["optimizer_gib"])
+    assert s0["model_state_gib"] == pytest.approx(s0["weights_gib"] + s0["gradients_gib"] + s0["optimizer_gib"])
+    # LoRA computes no weight gradients of the frozen base: less compute, the same model FLOPs
+    assert data["compute_flops_per_step"] < 0.75 * data["flops_per_step"]
+    assert cli.main(argv[:-2] + ["--lora-target-modules", "linear_qkv", "router"]) == 0
+    assert "trainable router" in capsys.readouterr().out

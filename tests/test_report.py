@@ -61,6 +61,20 @@ def test_report_files(tmp_path):
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_trainable_parameters_reported(tmp_path):
+    # the trainer records the whole model's parameters and the trainable ones (a LoRA run: its adapters)
+    _write_run(tmp_path / "log")
+    info_path = tmp_path / "log" / "run_info.json"
+    info = json.loads(info_path.read_text())
+    assert summarize(info, load_run(tmp_path / "log")[1]).trainable_parameters is None  # older logs
+    info.update(parameters=39_960_000_000, trainable_parameters=99_900_000)
+    info_path.write_text(json.dumps(info))
+    paths = write_report(tmp_path / "log", tmp_path / "out", warmup=2)
+    data = json.loads(paths["json"].read_text())
+    assert (data["parameters"], data["trainable_parameters"]) == (39_960_000_000, 99_900_000)
+    assert "Trainable parameters: 99,900,000 of 39,960,000,000 (0.25%)." in paths["md"].read_text()
+
+
 def test_cpu_run_has_no_mfu(tmp_path):
     _write_run(tmp_path)
     info, records = load_run(tmp_path)

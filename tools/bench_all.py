@@ -1,6 +1,6 @@
 """`make bench`: every benchmark of the project, one after the other, each writing its own results.
 
-    python tools/bench_all.py [--only preprocess,convert,throughput,generate,planner,train]
+    python tools/bench_all.py [--only preprocess,convert,throughput,generate,planner,train,attention_memory,lora]
 
 Results: docs/bench/*.json (machine-readable) and the sections of docs/benchmarks.md. A benchmark
 whose script is missing or fails is reported, and the others still run; the exit code is non-zero
@@ -29,6 +29,8 @@ BENCHMARKS = {
     # A real training run of the tiny Grok-1 recipe (TP2 PP2 EP2 on 8 CPU ranks), then its report.
     "train": [PY, "tools/bench_train.py"],
     "attention_memory": [PY, "tools/bench_attention_memory.py"],
+    # LoRA vs full fine-tuning step time on one CPU process, and the planner's LoRA memory vs the live tensors.
+    "lora": [PY, "tools/bench_lora.py"],
 }
 
 

@@ -4,6 +4,10 @@
     python tools/plan.py --model grok1-40b --tp 4 --pp 2 --ep 2 --nnodes 2 --nproc-per-node 8 \
         --gbs 128 --mbs 1 --seq 8192 --device-memory 64GB --device 910b2 --assumed-mfu 0.4 \
         --use-distributed-optimizer --sequence-parallel --bf16 --json plan.json
+
+LoRA fine-tuning (MindSpeed's flags): ``--lora-r 16`` and/or ``--lora-target-modules linear_qkv
+linear_proj linear_fc1 linear_fc2 [router]`` (default the four linears): the base is frozen (weights
+only), the fp32 adapters carry gradients and Adam state.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from moetrain.device.peak_flops import known_devices  # noqa: E402
+from moetrain.models.param_count import LORA_DEFAULT_TARGETS, LORA_TARGETS  # noqa: E402
 from moetrain.models.registry import get_flavor, list_flavors  # noqa: E402
 from moetrain.planner import Layout, Setup, format_plan, plan_to_dict, plan_with_suggestions  # noqa: E402
+from moetrain.planner.memory import LoraSetup  # noqa: E402
 from moetrain.planner.plan import device_memory_default  # noqa: E402
 
 
@@ -67,8 +73,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (otherwise fp32)")
     p.add_argument("--no-flash-attention", action="store_true",
                    help="unfused attention that stores the s x s softmax")
+    p.add_argument("--lora-r", type=int, default=None,
+                   help="plan a LoRA fine-tune with adapters of this rank (default 16 when only "
+                        "--lora-target-modules is given)")
+    p.add_argument("--lora-target-modules", nargs="+", default=None, choices=LORA_TARGETS, metavar="MODULE",
+                   help=f"LoRA targets: {' '.join(LORA_TARGETS)} (router: the router weights train); "
+                        f"default {' '.join(LORA_DEFAULT_TARGETS)}")
     p.add_argument("--json", default=None, help="also write the plan as JSON here")
     return p
+
+
+def lora_setup(args: argparse.Namespace) -> LoraSetup | None:
+    """LoRA is planned when either LoRA flag is given (as the trainer turns it on by its targets)."""
+    if args.lora_r is None and args.lora_target_modules is None:
+        return None
+    return LoraSetup(r=16 if args.lora_r is None else args.lora_r,
+                     targets=tuple(args.lora_target_modules or LORA_DEFAULT_TARGETS))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             recompute_granularity=args.recompute_granularity,
         )
         setup = Setup(args.gbs, args.mbs, args.seq or cfg.seq_length, bf16=args.bf16,
-                      flash_attention=not args.no_flash_attention)
+                      flash_attention=not args.no_flash_attention, lora=lora_setup(args))
         memory = args.device_memory if args.device_memory is not None else device_memory_default(args.device)
         plan = plan_with_suggestions(
             cfg, layout, setup, device=args.device, device_memory_gib=memory, assumed_mfu=args.assumed_mfu,

@@ -161,3 +161,94 @@ def parameters_per_rank(
             output=output,
         ))
     return stages
+
+
+# --------------------------------------------------------------------------- LoRA adapters
+# moetrain.finetune.lora's adapters, per rank (A [r, in], B [out, r] for each projection):
+#   linear_qkv   q, k and v adapters: A 3 x r x h replicated over TP, B r x (q + 2 kv) / tp
+#   linear_proj  A r x q / tp (row-parallel, like the base), B h x r replicated
+#   linear_fc1   gate and up adapters: A 2 x r x h replicated, B r x fc1_out / tp (2 f gated)
+#   linear_fc2   A r x f / tp, B h x r replicated
+#   experts      per local expert (E / ep of them, expert-TP 1): fc1 as gate and up (A 2 x r x h,
+#                B 2 x f x r), fc2 as down (A r x f, B h x r) -- linear_fc1 / linear_fc2 of a MoE layer
+#   router       no adapter: the router weight itself (E x h, replicated over TP) becomes trainable
+LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2", "router")
+LORA_DEFAULT_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
+
+
+def lora_adapts_experts(cfg: ModelConfig, targets) -> bool:
+    return cfg.is_moe and bool({"linear_fc1", "linear_fc2"} & set(targets))
+
+
+@dataclass(frozen=True)
+class RankAdapterParams:
+    """Trainable parameters of a LoRA run on one rank of pipeline stage ``stage``."""
+
+    stage: int
+    dense: int  # fp32 adapters of attention and dense MLPs (reduced over DP)
+    expert: int  # fp32 per-expert adapters (reduced over expert-DP)
+    router: int  # router weights made trainable by the 'router' target (base dtype, part of the base count)
+
+    @property
+    def adapters(self) -> int:
+        return self.dense + self.expert
+
+    @property
+    def total(self) -> int:
+        return self.adapters + self.router
+
+
+def _lora_layer(cfg: ModelConfig, tp: int, ep: int, etp: int, r: int, targets) -> tuple[int, int, int]:
+    """(dense adapter, expert adapter, trainable router) parameters of one layer on one rank."""
+    h, f = cfg.hidden_size, cfg.ffn_hidden_size
+    q = cfg.num_attention_heads * cfg.head_dim
+    kv = cfg.num_query_groups * cfg.head_dim
+    targets = set(targets)
+    unknown = targets - set(LORA_TARGETS)
+    if unknown:
+        raise ValueError(f"--lora-target-modules: unknown {' '.join(sorted(unknown))}; "
+                         f"choose from {' '.join(LORA_TARGETS)}")
+    dense = expert = router = 0
+    if "linear_qkv" in targets:
+        dense += 3 * r * h + r * (q + 2 * kv) // tp
+    if "linear_proj" in targets:
+        dense += r * q // tp + h * r
+    if cfg.is_moe:
+        if lora_adapts_experts(cfg, targets) and etp != 1:
+            raise ValueError(f"LoRA on experts needs --expert-tensor-parallel-size 1 (got {etp})")
+        local = cfg.num_experts // ep
+        if "linear_fc1" in targets:
+            expert += local * (2 * r * h + 2 * f * r)
+        if "linear_fc2" in targets:
+            expert += local * (r * f + h * r)
+        if "router" in targets:
+            router = cfg.num_experts * h
+    else:
+        if "linear_fc1" in targets:  # the adapter splits fc1's output in two halves (gate and up)
+            dense += 2 * r * h + r * (_mlp_matrices(cfg) - 1) * f // tp
+        if "linear_fc2" in targets:
+            dense += r * f // tp + h * r
+    return dense, expert, router
+
+
+def lora_parameters_per_rank(
+    cfg: ModelConfig,
+    r: int,
+    targets,
+    tp: int = 1,
+    pp: int = 1,
+    ep: int = 1,
+    num_layer_list: list[int] | None = None,
+    etp: int | None = None,
+) -> list[RankAdapterParams]:
+    """Per pipeline stage, the trainable parameters of one of its ranks in a LoRA run
+    (``moetrain.finetune.lora.apply_lora`` with rank ``r`` on ``targets``)."""
+    etp = tp if etp is None else etp
+    dense, expert, router = _lora_layer(cfg, tp, ep, etp, r, targets)
+    return [RankAdapterParams(stage=stage, dense=layers * dense, expert=layers * expert, router=layers * router)
+            for stage, layers in enumerate(split_layers(cfg.num_layers, pp, num_layer_list))]
+
+
+def count_lora_parameters(cfg: ModelConfig, r: int, targets) -> int:
+    """Trainable parameters of the whole model in a LoRA run (one copy of each adapter)."""
+    return lora_parameters_per_rank(cfg, r, targets, etp=1)[0].total

@@ -4,7 +4,8 @@ Each rank builds its model, DDP wrapper and optimizer with ``moetrain.training.t
 pretraining does), runs one micro-batch forward + backward of its pipeline stage with a
 ``saved_tensors_hooks`` tracker, takes one optimizer step and returns what it holds in bytes.
 Pipeline stages do not exchange tensors here: a later stage gets a random input of the shape the
-previous stage would send, so every stage is measured for exactly one micro-batch.
+previous stage would send, so every stage is measured for exactly one micro-batch. A LoRA case puts
+the adapters on each chunk with ``moetrain.finetune.lora.apply_lora``, as LoRA fine-tuning does.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from moetrain.planner.memory import LoraSetup
 
 
 class SavedTensorTracker:
@@ -63,28 +66,42 @@ def _resolve(flavor, world, tp, pp, ep, num_layer_list, dtype, distopt, recomput
     return resolve(cfg, world)
 
 
-def measure(world, flavor, tp, pp, ep, num_layer_list, dtype, distopt, recompute, mbs, seq):
+def measure(world, flavor, tp, pp, ep, num_layer_list, dtype, distopt, recompute, mbs, seq,
+            lora: LoraSetup | None = None):
     """One configuration on this rank (torch.distributed initialised): a dict of counts and bytes."""
     from megatron.core import parallel_state as ps
 
     from moetrain.device import get_backend
-    from moetrain.training.trainer import build_model_and_optimizer, seed_everything
+    from moetrain.training.trainer import build_model_and_optimizer, parameter_counts, seed_everything
 
     run = _resolve(flavor, world, tp, pp, ep, num_layer_list, dtype, distopt, recompute, mbs, seq)
     run.dims.initialize()
     seed_everything(1234)
-    model, optimizer, _, padded = build_model_and_optimizer(run, get_backend().batch_p2p_comm)
+    prepare = None
+    if lora is not None:
+        from moetrain.finetune.lora.apply import apply_lora
+
+        def prepare(chunk):
+            apply_lora(chunk, set(lora.targets), lora.r, 2.0 * lora.r, 0.0)
+
+    model, optimizer, _, padded = build_model_and_optimizer(run, get_backend().batch_p2p_comm, prepare_chunk=prepare)
     ddp = model[0]
     cfg = run.model_cfg
 
     params = {n: p for n, p in ddp.module.named_parameters()}
-    dense = sum(p.numel() for p in params.values() if getattr(p, "allreduce", True))
-    expert = sum(p.numel() for p in params.values() if not getattr(p, "allreduce", True))
+    # the base model's parameters (adapters are the ``*_lora`` modules' own)
+    base = {n: p for n, p in params.items() if "_lora." not in n}
+    trainable = [p for p in params.values() if p.requires_grad]
+    dense = sum(p.numel() for p in base.values() if getattr(p, "allreduce", True))
+    expert = sum(p.numel() for p in base.values() if not getattr(p, "allreduce", True))
+    trainable_dense = sum(p.numel() for p in trainable if getattr(p, "allreduce", True))
+    trainable_expert = sum(p.numel() for p in trainable if not getattr(p, "allreduce", True))
     weights = sum(p.numel() * p.element_size() for p in params.values())
     grad_buffers = sum(b.grad_data.numel() * b.grad_data.element_size()
                        for b in ddp.buffers + ddp.expert_parallel_buffers)
-    grads_unpadded = sum(p.main_grad.numel() * p.main_grad.element_size() for p in params.values())
+    grads_unpadded = sum(p.main_grad.numel() * p.main_grad.element_size() for p in trainable)
     param_ptrs = {p.untyped_storage().data_ptr() for p in params.values()}
+    counts = parameter_counts(model)  # whole model, as the run report gives them
 
     # --- one micro-batch forward + backward of this stage, saved tensors tracked
     g = torch.Generator().manual_seed(5)
@@ -118,9 +135,10 @@ def measure(world, flavor, tp, pp, ep, num_layer_list, dtype, distopt, recompute
     return {
         "rank": torch.distributed.get_rank(), "stage": ps.get_pipeline_model_parallel_rank(), "tp_rank": ps.get_tensor_model_parallel_rank(),
         "ep_rank": ps.get_expert_model_parallel_rank(), "dp_rank": ps.get_data_parallel_rank(),
-        "padded_vocab": padded, "layers": layers, "dense": dense, "expert": expert, "weights": weights,
+        "padded_vocab": padded, "layers": layers, "dense": dense, "expert": expert,
+        "trainable_dense": trainable_dense, "trainable_expert": trainable_expert, "weights": weights,
         "grad_buffers": grad_buffers, "grads": grads_unpadded, "optimizer": opt_bytes, "adam": adam_bytes,
-        "master": master_bytes, "act_forward": act_forward, "act_backward": act_backward,
+        "master": master_bytes, "act_forward": act_forward, "act_backward": act_backward, **counts,
     }
 
 
@@ -160,6 +178,7 @@ class Case:
     dtype: str = "fp32"  # fp32 | bf16
     distopt: bool = False
     recompute: str | None = None  # None | "full"
+    lora: LoraSetup | None = None  # a LoRA run (frozen base, fp32 adapters)
 
 
 @dataclass(frozen=True)
@@ -195,7 +214,7 @@ def measure_cases(rank, world, spec: LayoutSpec, cases: list[Case], mbs: int, se
     out = []
     for c in cases:
         out.append(measure(world, c.flavor, spec.tp, spec.pp, effective_ep(spec, c.flavor), spec.num_layer_list,
-                           c.dtype, c.distopt, c.recompute, mbs, seq))
+                           c.dtype, c.distopt, c.recompute, mbs, seq, c.lora))
     return out
 
 
@@ -216,11 +235,27 @@ def predict(spec: LayoutSpec, case: Case, mbs: int, seq: int, padded_vocab: int)
     layout = planner_layout(spec, case)
     setup = Setup(global_batch_size=mbs * layout.dp, micro_batch_size=mbs, seq_length=seq,
                   bf16=case.dtype == "bf16", flash_attention=cfg.attn_logit_softcapping is None,
-                  padded_vocab_size=padded_vocab)
-    return [{"stage": s.stage, "dense": s.params.dense, "expert": s.params.expert, "weights": s.weights,
+                  padded_vocab_size=padded_vocab, lora=case.lora)
+    return [{"stage": s.stage, "dense": s.params.dense, "expert": s.params.expert,
+             "trainable_dense": s.params.dense if s.adapters is None else s.adapters.dense + s.adapters.router,
+             "trainable_expert": s.params.expert if s.adapters is None else s.adapters.expert, "weights": s.weights,
              "gradients": s.gradients, "optimizer": s.optimizer,
              "activations": stage_activation_bytes(cfg, layout, setup, s.params, 1.0)}
             for s in memory_per_stage(cfg, layout, setup)]
+
+
+def predicted_parameter_counts(case: Case, padded_vocab: int) -> dict[str, int]:
+    """The whole model's parameters and trainable parameters (the run report's figures), analytically.
+    A LoRA model's parameters include its adapters (as PEFT's ``print_trainable_parameters`` counts)."""
+    from moetrain.models.param_count import count_parameters, lora_parameters_per_rank
+    from moetrain.models.registry import get_flavor
+
+    cfg = get_flavor(case.flavor)
+    total = count_parameters(cfg, padded_vocab).total
+    if case.lora is None:
+        return {"parameters": total, "trainable_parameters": total}
+    lora = lora_parameters_per_rank(cfg, case.lora.r, case.lora.targets, etp=1)[0]  # 1 rank: the whole model
+    return {"parameters": total + lora.adapters, "trainable_parameters": lora.total}
 
 
 def measured_activations(r: dict, recompute: str | None) -> int:
@@ -250,18 +285,23 @@ def compare(spec: LayoutSpec, case: Case, results: list[dict], mbs: int, seq: in
             return values.pop() if len(values) == 1 else sorted(values)
 
         meas = {
-            "dense params": same("dense"), "expert params": same("expert"), "weights": same("weights"),
+            "dense params": same("dense"), "expert params": same("expert"),
+            "trainable dense": same("trainable_dense"), "trainable expert": same("trainable_expert"),
+            "weights": same("weights"),
             "gradients": same("grads"), "grad buffers": max(r["grad_buffers"] for r in ranks),
             "optimizer": (sum(r["optimizer"] for r in ranks) / len(ranks)) if case.distopt else same("optimizer"),
             "activations": max(measured_activations(r, case.recompute) for r in ranks),
         }
-        predicted = {"dense params": p["dense"], "expert params": p["expert"], "weights": p["weights"],
+        predicted = {"dense params": p["dense"], "expert params": p["expert"],
+                     "trainable dense": p["trainable_dense"], "trainable expert": p["trainable_expert"],
+                     "weights": p["weights"],
                      "gradients": p["gradients"], "grad buffers": p["gradients"], "optimizer": p["optimizer"],
                      "activations": p["activations"]}
         for comp, m in meas.items():
             pv = predicted[comp]
             err = None if isinstance(m, list) or not m else 100.0 * (pv - m) / m
             rows.append({"layout": spec.name, "flavor": case.flavor, "dtype": case.dtype,
+                         "lora": f"r{case.lora.r} {' '.join(case.lora.targets)}" if case.lora else None,
                          "distopt": case.distopt, "recompute": case.recompute or "none", "stage": p["stage"],
                          "component": comp, "predicted": pv, "measured": m, "error_pct": err})
     return rows

@@ -4,6 +4,11 @@ Predicted step time = model FLOPs / (devices x peak x assumed MFU) x (1 + bubble
 The assumed MFU is read as the efficiency of the compute itself, without pipeline bubble and
 recomputation, so that layouts that differ in those are compared fairly; full recompute repeats the
 forward pass (4/3 of the model FLOPs), selective recompute only the cheap core attention.
+
+LoRA: the time estimate uses the compute a LoRA step does (:func:`lora_step_flops`): the frozen
+base runs forward and its input gradients but no weight gradients (2 of the 3 weight-GEMM passes;
+the attention scores keep all 3), plus the adapters' own 3 passes. ``flops_per_step`` stays the
+model FLOPs (the MFU numerator the trainer logs), so LoRA and full plans show the same figure there.
 """
 
 from __future__ import annotations
@@ -12,10 +17,17 @@ from dataclasses import dataclass, field
 
 from moetrain.device.peak_flops import find_device, peak_flops
 from moetrain.models.config import ModelConfig
-from moetrain.models.param_count import ParamCount, count_parameters
+from moetrain.models.param_count import (
+    ParamCount,
+    count_lora_parameters,
+    count_parameters,
+    lora_adapts_experts,
+    lora_parameters_per_rank,
+)
+from moetrain.parallel import LayoutError
 from moetrain.planner.layouts import Layout, distance, neighbours, num_microbatches, validate
 from moetrain.planner.memory import GiB, Setup, StageMemory, memory_per_stage
-from moetrain.training.flops import flops_per_iteration
+from moetrain.training.flops import FORWARD_BACKWARD, flops_per_iteration, forward_flops_per_token
 from moetrain.training.throughput import step_seconds_for_mfu, tokens_per_sec_per_device
 
 RECOMPUTE_COST = {None: 1.0, "selective": 1.02, "full": 4 / 3}
@@ -37,6 +49,8 @@ class Plan:
     assumed_mfu: float
     step_seconds: float | None
     tokens_per_sec_per_device: float | None
+    trainable_params: int = 0  # whole model: every parameter, or a LoRA run's adapters (+ router)
+    compute_flops_per_step: float = 0.0  # what the step time is estimated from (LoRA: less than the model FLOPs)
     warnings: list[str] = field(default_factory=list)
     suggestions: list[Plan] = field(default_factory=list)
 
@@ -47,6 +61,20 @@ class Plan:
     @property
     def fits(self) -> bool:
         return self.device_memory_gib is None or self.peak_memory_gib <= self.device_memory_gib
+
+
+def lora_step_flops(cfg: ModelConfig, setup: Setup) -> float:
+    """FLOPs a LoRA step computes: frozen weight GEMMs forward + input gradient (2 passes), attention
+    scores all 3, a trainable router 3, the adapters 3 (forward 2 FLOPs per adapter parameter per
+    token; a token meets top-k of the experts' adapters)."""
+    lora = setup.lora
+    fw = forward_flops_per_token(cfg, setup.seq_length, padded_vocab_size=setup.padded_vocab_size)
+    router_passes = FORWARD_BACKWARD if "router" in lora.targets else 2
+    per_token = 2 * (fw.total - fw.attention - fw.router) + FORWARD_BACKWARD * fw.attention + router_passes * fw.router
+    adapters = lora_parameters_per_rank(cfg, lora.r, lora.targets, etp=1)[0]  # 1 rank: the whole model
+    routed = cfg.moe_router_topk / cfg.num_experts if cfg.is_moe else 0.0
+    per_token += FORWARD_BACKWARD * 2 * (adapters.dense + routed * adapters.expert)
+    return per_token * setup.global_batch_size * setup.seq_length
 
 
 def pipeline_bubble(layout: Layout, microbatches: int) -> float:
@@ -70,19 +98,23 @@ def make_plan(
     bubble = pipeline_bubble(layout, m)
     flops = flops_per_iteration(cfg, setup.global_batch_size, setup.seq_length,
                                 padded_vocab_size=setup.padded_vocab_size)
+    compute = lora_step_flops(cfg, setup) if setup.lora else flops
     dtype = "bf16" if setup.bf16 else "fp32"
     peak = peak_flops(device or "", dtype, peak_tflops)
     step = tps = None
     if peak:
-        step = step_seconds_for_mfu(flops, layout.world_size, peak, assumed_mfu)
+        step = step_seconds_for_mfu(compute, layout.world_size, peak, assumed_mfu)
         step *= (1 + bubble) * RECOMPUTE_COST[layout.recompute_granularity]
         tps = tokens_per_sec_per_device(setup.global_batch_size, setup.seq_length, step, layout.world_size)
+    params = count_parameters(cfg, setup.padded_vocab_size)
     plan = Plan(
-        model=cfg.name, layout=layout, setup=setup, params=count_parameters(cfg, setup.padded_vocab_size),
+        model=cfg.name, layout=layout, setup=setup, params=params,
         stages=memory_per_stage(cfg, layout, setup, reserved_gib), microbatches=m, bubble=bubble,
         flops_per_step=flops, device=device, device_memory_gib=device_memory_gib,
         peak_tflops=peak / 1e12 if peak else None, assumed_mfu=assumed_mfu,
         step_seconds=step, tokens_per_sec_per_device=tps,
+        trainable_params=count_lora_parameters(cfg, setup.lora.r, setup.lora.targets) if setup.lora else params.total,
+        compute_flops_per_step=compute,
     )
     if device and peak is None:
         plan.warnings.append(f"no peak FLOPS known for device {device!r}: pass --peak-tflops for a time estimate")
@@ -113,8 +145,18 @@ def plan_with_suggestions(
     plan = make_plan(cfg, layout, setup, **kwargs)
     if plan.fits or device_memory_gib is None:
         return plan
-    fitting = []
+    fitting, seen = [], set()
+    lora_experts = setup.lora is not None and lora_adapts_experts(cfg, setup.lora.targets)
     for cand in neighbours(cfg, layout, setup.global_batch_size, setup.micro_batch_size, max_tp):
+        if lora_experts and cand.expert_tp != 1:
+            cand = cand.replace(expert_tp=1)  # LoRA's expert adapters need expert-TP 1
+            try:
+                validate(cfg, cand, setup.global_batch_size, setup.micro_batch_size)
+            except LayoutError:
+                continue
+        if cand in seen:
+            continue
+        seen.add(cand)
         p = make_plan(cfg, cand, setup, **kwargs)
         if p.fits:
             fitting.append(p)

@@ -45,6 +45,9 @@ class BenchmarkSummary:
     peak_mem_gb: float | None
     final_lm_loss: float | None
     reference: dict[str, float] = dataclasses.field(default_factory=dict)
+    # whole model, from run_info (None for logs written before these were recorded)
+    parameters: int | None = None
+    trainable_parameters: int | None = None  # all of them, or a LoRA run's adapters (+ router)
 
     @property
     def layout(self) -> str:
@@ -119,6 +122,7 @@ def summarize(
         tokens_per_sec_per_device=tokens_per_sec_per_device(gbs, seq, step, world),
         tflops_per_device=tflops, mfu=achieved_mfu, peak_mem_gb=max(mems) if mems else None,
         final_lm_loss=losses[-1] if losses else None, reference=dict(reference or {}),
+        parameters=info.get("parameters"), trainable_parameters=info.get("trainable_parameters"),
     )
 
 
@@ -140,6 +144,9 @@ def markdown(summary: BenchmarkSummary) -> str:
             lines.append(f"| {name} | {value:g} | {s.tokens_per_sec_per_device / value:.2f} |")
     lines += ["", f"Mean over {s.measured_iterations} logged iterations after {s.warmup} warm-up iterations; "
               f"{s.dtype}; DP {s.dp}."]
+    if s.trainable_parameters is not None and s.parameters:
+        lines.append(f"Trainable parameters: {s.trainable_parameters:,} of {s.parameters:,} "
+                     f"({s.trainable_parameters / s.parameters:.2%}).")
     return "\n".join(lines) + "\n"
 
 

@@ -158,6 +158,34 @@ def _layout(run: ResolvedRun) -> dict:
             "num_layer_list": d.num_layer_list, "sequence_parallel": d.sequence_parallel}
 
 
+def parameter_counts(model: list) -> dict[str, int]:
+    """Parameters of the whole model and how many of them train (all; a LoRA run's adapters), counted
+    from the live chunks of every rank (one all-reduce): dense parameters once per TP shard (a
+    replicated one on TP rank 0 only, the last stage's tied-embedding copy not at all) over the DP
+    replicas, expert parameters over their expert-DP replicas."""
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
+    from megatron.core.transformer.module import param_is_not_shared
+
+    counts = [0, 0, 0, 0]  # dense total, dense trainable, expert total, expert trainable
+    for chunk in model:
+        for p in chunk.parameters():
+            if getattr(p, "allreduce", True):
+                if not (param_is_not_shared(p) and param_is_not_tensor_parallel_duplicate(p)):
+                    continue
+                slot = 0
+            else:
+                slot = 2
+            counts[slot] += p.numel()
+            counts[slot + 1] += p.numel() if p.requires_grad else 0
+    # on the parameters' device: the collective library of an accelerator wants its own tensors
+    totals = torch.tensor(counts, dtype=torch.float64, device=next(model[0].parameters()).device)
+    dist.all_reduce(totals)
+    dp, edp = parallel_state.get_data_parallel_world_size(), parallel_state.get_expert_data_parallel_world_size()
+    dense, dense_trained, expert, expert_trained = (int(round(float(x))) for x in totals)
+    return {"parameters": dense // dp + expert // edp, "trainable_parameters": dense_trained // dp + expert_trained // edp}
+
+
 def _run_info(run: ResolvedRun, backend) -> dict:
     d, t = run.dims, run.cfg.training
     return {"model": run.cfg.model, "model_config": run.model_cfg.to_dict(), "device": backend.name,
@@ -307,7 +335,7 @@ class Trainer:
         their intervals, save at the end (unless that iteration was just saved)."""
         t, ck, state = self.run.cfg.training, self.run.cfg.checkpoint, self.state
         log_interval = self.run.cfg.logging.log_interval
-        self.logger.run_info(_run_info(self.run, self.backend))
+        self.logger.run_info({**_run_info(self.run, self.backend), **parameter_counts(self.model)})
         self.logger.training_starts(state.iteration)
         throughput = self._throughput()
         summary = TrainSummary(log_dir=str(self.run.log_dir))
