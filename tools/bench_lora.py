@@ -1,6 +1,6 @@
 """LoRA vs full-parameter fine-tuning on CPU: step time side by side, and the planner's LoRA memory vs the live tensors.
 
-    python tools/bench_lora.py [--steps 4] [--warmup 1] [--rounds 3] [--lora-r 16]
+    python tools/bench_lora.py [--steps 4] [--warmup 1] [--rounds 5] [--lora-r 16]
 
 The CPU benchmark shape of tools/bench_throughput.py (mixtral-tiny widened: hidden 256, 4 layers, 8
 experts top-2, FFN 512, vocab 32000, batch 8 x seq 256, fp32, 2 threads, 1 process). Both models are
@@ -8,9 +8,11 @@ built as fine-tuning builds them (``moetrain.training.trainer.build_model_and_op
 DDP, megatron's Adam; LoRA through ``moetrain.finetune.lora.apply_lora`` on every linear and expert)
 and step through the trainer's step (``moetrain.training.step.train_step``) with SFT's forward step on
 the same batches (prompt quarter of each row masked out of the loss). Step times: the two models
-step alternately (rounds x steps times each); the best and the median of each are kept. Then, for each model: bytes of its parameters, gradients and optimizer state (tensors
-counted from the live model and optimizer) and the saved-for-backward bytes of one micro-batch,
-against ``moetrain.planner.memory_per_stage`` for the same layout.
+step alternately (rounds x steps times each); the best and the median of each are kept. Then, for
+each model: bytes of its parameters, gradients and optimizer state (tensors counted from the live
+model and optimizer) and the saved-for-backward bytes of one micro-batch, against
+``moetrain.planner.memory_per_stage`` for the same layout; exit status 1 if any differs by more
+than 10 %.
 
 Writes docs/bench/lora_cpu.json and prints a Markdown table.
 """
@@ -185,7 +187,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of --steps alternating steps per model")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of --steps alternating steps per model")
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench" / "lora_cpu.json")

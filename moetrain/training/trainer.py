@@ -159,10 +159,11 @@ def _layout(run: ResolvedRun) -> dict:
 
 
 def parameter_counts(model: list) -> dict[str, int]:
-    """Parameters of the whole model and how many of them train (all; a LoRA run's adapters), counted
-    from the live chunks of every rank (one all-reduce): dense parameters once per TP shard (a
-    replicated one on TP rank 0 only, the last stage's tied-embedding copy not at all) over the DP
-    replicas, expert parameters over their expert-DP replicas."""
+    """Parameters of the whole model (a LoRA model's adapters included, as PEFT counts them) and how
+    many of them train (all; a LoRA run's adapters and a trainable router), counted from the live
+    chunks of every rank (one all-reduce): dense parameters once per TP shard (a replicated one on
+    TP rank 0 only, the last stage's tied-embedding copy not at all) over the DP replicas, expert
+    parameters over their expert-DP replicas."""
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
     from megatron.core.transformer.module import param_is_not_shared
