@@ -43,8 +43,11 @@ def _reference(family: str, overrides: dict) -> ModelConfig:
     from moetrain.models.registry import get_flavor, list_flavors
 
     moe = bool(overrides.get("num_experts"))
-    candidates = [get_flavor(n) for n in list_flavors()]
-    candidates = [c for c in candidates if c.family == family and c.is_moe == moe and "tiny" not in c.name]
+    released: dict[tuple[str, bool], list[ModelConfig]] = {}  # (family, MoE) -> its released flavors
+    for cfg in (get_flavor(n) for n in list_flavors()):
+        if "tiny" not in cfg.name:
+            released.setdefault((cfg.family, cfg.is_moe), []).append(cfg)
+    candidates = released.get((family, moe), [])
     if not candidates:
         raise ConfigError(f"no {family} flavor {'with' if moe else 'without'} experts to build these flags from")
 
@@ -76,7 +79,7 @@ def model_from_flags(overrides: dict, seq_length: int | None) -> tuple[ModelConf
              for f in dataclasses.fields(ModelConfig)
              if f.name not in _NOT_COMPARED and getattr(cfg, f.name) != getattr(ref, f.name)
              and not (f.name == "kv_channels" and cfg.head_dim == ref.head_dim)]  # the same head size
-    kind = "Mixtral-style MoE" if family == "llama" and cfg.is_moe else family
+    kind = f"{family}-family MoE" if cfg.is_moe else family
     lines = [f"no --model: the architecture flags build a {kind} model ({cfg.num_layers} layers, hidden "
              f"{cfg.hidden_size}{f', {cfg.num_experts} experts' if cfg.is_moe else ''})"
              + (f"; it differs from the released {ref.name} in: " + ", ".join(diffs) if diffs
