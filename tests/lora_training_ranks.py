@@ -63,4 +63,7 @@ def single_rank_lora(rank, world, data: dict, tokenizer: str, tmp: str) -> dict:
     resumed = run_pretrain(args("grok1-tiny", data["unpacked"], tokenizer, tmp / "logs_lora_resumed", *base, *LORA,
                                 "--lora-load", str(resumed_dir), "--save", str(resumed_dir), iters=ITERS))
     logits = {name: adapter_logits(tmp / "base", tmp / f"lora_{name}") for name in ("tp2", "ep2")}
-    return {"ref": losses(ref), "resumed": losses(resumed), "logits": logits}
+    recompute = run_pretrain(args("grok1-tiny", data["unpacked"], tokenizer, tmp / "logs_lora_recompute", *base, *LORA,
+                                  "--recompute-granularity", "full", "--recompute-method", "uniform",
+                                  "--recompute-num-layers", "1", iters=ITERS))
+    return {"ref": losses(ref), "resumed": losses(resumed), "logits": logits, "recompute": losses(recompute)}

@@ -27,7 +27,10 @@ POSITIONAL = {"megatron_lm_train_mixtral_8x7b_distributed.sh": ["ckpt", "tokeniz
 ENV = {"megatron_lm_train_mixtral_8x7b_distributed.sh": {"SLURM_NNODES": "4"}}
 
 
-def recorded_launch(recipe: Path, tmp: Path) -> tuple[int, list[str]]:
+def recorded_launch(recipe: Path, tmp: Path, paths: dict[str, str] | None = None,
+                    positional: list[str] | None = None) -> tuple[int, list[str]]:
+    """``paths``: placeholder text -> path (``{"data path": "/data/corpus"}`` fills ``"your data path"``);
+    ``positional``: a Megatron-LM script's arguments (default: stand-ins)."""
     (tmp / "bin").mkdir(parents=True, exist_ok=True)
     (tmp / "logs").mkdir(exist_ok=True)  # ModelLink's recipes tee into logs/
     for entry in ENTRY_POINTS:  # Megatron-LM's scripts check that their entry point exists
@@ -42,9 +45,12 @@ def recorded_launch(recipe: Path, tmp: Path) -> tuple[int, list[str]]:
            **ENV.get(recipe.name, {})}
     # What a user edits: the recipe's placeholder paths ("your data path") become paths.
     script = tmp / recipe.name
-    script.write_text(re.sub(r'"your ([^"]*)"', lambda m: '"./' + m.group(1).replace(" ", "_") + '"',
+    paths = paths or {}
+    script.write_text(re.sub(r'"your ([^"]*)"',
+                             lambda m: '"' + paths.get(m.group(1), "./" + m.group(1).replace(" ", "_")) + '"',
                              recipe.read_text()))
-    subprocess.run(["bash", str(script), *POSITIONAL.get(recipe.name, [])], cwd=tmp, env=env, check=True, stdout=subprocess.DEVNULL,
+    args = positional if positional is not None else POSITIONAL.get(recipe.name, [])
+    subprocess.run(["bash", str(script), *args], cwd=tmp, env=env, check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
     argv = json.loads(record.read_text())
     k = next(i for i, a in enumerate(argv) if Path(a).name in ENTRY_POINTS)

@@ -550,6 +550,11 @@ def validate_launch(args: list[str], world: int, cwd: Path) -> tuple[object, lis
             stood_in.append("tokenizer")
         run, _ = prepare(args, world_size=world)
     assert run.dims.world_size == world and run.num_microbatches >= 1
+    from moetrain.training.dry_run import describe_run
+
+    # What --dry-run prints for the launch: the planner takes every documented layout too.
+    lines = describe_run(run)
+    assert lines[-1] == "dry run: nothing was started" and sum("planned" in line for line in lines) == run.dims.pp
     return run, stood_in
 
 

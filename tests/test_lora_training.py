@@ -48,6 +48,12 @@ def test_lora_trains_and_saves_adapters_only(runs):
     assert model_keys and all("_lora." in k for k in model_keys), model_keys[:5]
 
 
+def test_lora_with_full_recompute_trains_as_without(runs):
+    # The frozen embedding's output is made to require grad, so recompute has an input to differentiate.
+    single, _, _ = runs
+    assert single["recompute"] == pytest.approx(single["ref"], rel=1e-6)
+
+
 def test_lora_resume_is_exact(runs):
     single, _, _ = runs
     assert single["resumed"] == single["ref"][3:]

@@ -132,3 +132,19 @@ def test_docs_migrating_lists_every_flag_of_the_tables():
     text = (Path(__file__).resolve().parents[1] / "docs" / "migrating.md").read_text()
     for flag in [*MAPPED, *HINTS, *REFUSED, *SAMPLE_FLAGS, "--max-position-embeddings"]:
         assert f"| `{flag}` |" in text, flag
+
+
+def test_dry_run_of_a_lora_launch_plans_the_frozen_base(tmp_path):
+    from test_documented_commands import validate_launch
+
+    from moetrain.training.dry_run import describe_run
+
+    flags = ["--model", "grok1-tiny", "--is-instruction-dataset", "--data-path", "sft/alpaca",
+             "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", "tok.model",
+             "--global-batch-size", "8", "--lora-target-modules", "linear_qkv", "linear_fc1"]
+    lora_run, _ = validate_launch(flags, 1, tmp_path)
+    full_run, _ = validate_launch(flags[:-3], 1, tmp_path)
+    lora_lines, full_lines = describe_run(lora_run), describe_run(full_run)
+    assert any("LoRA r 16 on linear_qkv linear_fc1: the base is frozen" in line for line in lora_lines)
+    grads = [line.split("gradients ")[1].split(",")[0] for line in (lora_lines + full_lines) if "planned" in line]
+    assert grads[0] != grads[1], grads  # adapters' gradients only, not the base's

@@ -62,3 +62,50 @@ def test_recipe_is_refused_for_a_listed_reason(name, tmp_path):
     with pytest.raises(ConfigError) as e:
         validate_launch(flags, world, tmp_path)
     assert REFUSED[name] in str(e.value), str(e.value)
+
+
+# ---------------------------------------------------------------- two recipes train, reduced in size
+# Overrides after the recipe's own flags (the later flag wins, as in Megatron-LM): sizes, the world
+# of 8 CPU ranks (layout), and a few iterations. Everything else is the recipe's, bf16 included.
+SMALL = ["--num-layers", "2", "--hidden-size", "64", "--ffn-hidden-size", "128", "--num-attention-heads", "4",
+         "--num-query-groups", "2", "--seq-length", "64", "--max-position-embeddings", "64",
+         "--micro-batch-size", "1", "--global-batch-size", "8", "--train-iters", "2", "--log-interval", "1"]
+
+
+def _corpus(root) -> str:
+    """A pretraining corpus big enough for the recipes' splits (Megatron-LM's 99990,8,2 needs 25,000
+    documents for one test document)."""
+    from conftest_data import run, sp_args, write_jsonl
+
+    words = "the quick brown fox jumps over a lazy dog while seven wizards quietly box jam".split()
+    docs = [{"text": " ".join(words[(i + k) % len(words)] for k in range(12 + i % 9))} for i in range(30000)]
+    src = write_jsonl(root / "corpus.jsonl", docs)
+    assert run(["--input", str(src), *sp_args(), "--append-eod", "--output-prefix", str(root / "corpus")]) == 0
+    return str(root / "corpus_text_document")
+
+
+@pytest.mark.multirank
+def test_two_recipes_reduced_in_size_train_on_8_cpu_ranks(tmp_path):
+    from conftest_data import sp_model
+    from recipe_compat_ranks import train_recipes
+
+    from moetrain.testing.spawn import run_on_ranks
+
+    corpus, tok = _corpus(tmp_path), sp_model()
+    llama, mixtral = tmp_path / "llama2", tmp_path / "mixtral"
+    _, llama_flags = recorded_launch(RECIPES / "mindspeed_llm_pretrain_llama2_7b_ptd.sh", llama, {
+        "data path": corpus, "tokenizer path": tok, "model save ckpt path": str(llama / "save"),
+        "model ckpt path": str(llama / "load")})
+    _, mixtral_flags = recorded_launch(RECIPES / "megatron_lm_train_mixtral_8x7b_distributed.sh", mixtral,
+                                       positional=[str(mixtral / "ckpt"), tok, corpus])
+    runs = {"llama2": [*llama_flags, *SMALL, "--log-dir", str(llama / "logs")],
+            "mixtral": [*mixtral_flags, *SMALL, "--num-experts", "4", "--tensor-model-parallel-size", "2",
+                        "--pipeline-model-parallel-size", "2", "--expert-model-parallel-size", "2",
+                        "--log-dir", str(mixtral / "logs")]}
+    results = run_on_ranks(8, train_recipes, (runs,), timeout=600)
+    for name in runs:
+        losses = results[0][name]
+        assert sorted(losses) == [1, 2] and all(5.5 < v < 7.0 for v in losses.values()), (name, losses)  # ~ln 512, untrained
+    from moetrain.checkpoint_formats.directory import read_latest
+
+    assert read_latest(llama / "save") == 2 and read_latest(mixtral / "ckpt") == 2  # the recipes' --save

@@ -11,18 +11,26 @@ from __future__ import annotations
 from moetrain.training.validate import ResolvedRun
 
 
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n:,}"
+
+
+def _bytes(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def describe_run(run: ResolvedRun) -> list[str]:
     from moetrain.models.param_count import count_parameters, padded_vocab_size
     from moetrain.planner import Layout, Setup
-    from moetrain.planner.memory import GiB
+    from moetrain.planner.memory import LoraSetup
     from moetrain.planner.plan import make_plan
 
     cfg, dims, t = run.model_cfg, run.dims, run.cfg.training
     padded = padded_vocab_size(cfg.vocab_size, dims.tp)
     params = count_parameters(cfg, padded)
     kind = f"{cfg.num_experts} experts, top-{cfg.moe_router_topk}" if cfg.is_moe else "dense"
-    lines = [f"model: {cfg.name} (family {cfg.family}, {kind}): {params.total / 1e9:.3f} B parameters, "
-             f"{params.active_per_token / 1e9:.3f} B active per token; {cfg.num_layers} layers, hidden "
+    lines = [f"model: {cfg.name} (family {cfg.family}, {kind}): {_count(params.total)} parameters, "
+             f"{_count(params.active_per_token)} active per token; {cfg.num_layers} layers, hidden "
              f"{cfg.hidden_size}, ffn {cfg.ffn_hidden_size}, heads {cfg.num_attention_heads} "
              f"(KV {cfg.num_query_groups}), vocab {cfg.vocab_size} (padded {padded}), seq {run.seq_length}",
              f"layout: {dims.describe()}; layers per stage {list(dims.layers_per_stage(cfg.num_layers))}; "
@@ -31,15 +39,18 @@ def describe_run(run: ResolvedRun) -> list[str]:
                     vpp=dims.vpp, num_layer_list=dims.num_layer_list, sequence_parallel=dims.sequence_parallel,
                     use_distributed_optimizer=run.cfg.optimizer.use_distributed_optimizer,
                     recompute_granularity=t.recompute_granularity)
+    lora = run.cfg.lora
     setup = Setup(global_batch_size=t.global_batch_size, micro_batch_size=t.micro_batch_size,
-                  seq_length=run.seq_length, bf16=t.bf16 or t.fp16, padded_vocab_size=padded)
+                  seq_length=run.seq_length, bf16=t.bf16 or t.fp16, padded_vocab_size=padded,
+                  lora=LoraSetup(r=lora.lora_r, targets=tuple(lora.lora_target_modules)) if lora.enabled else None)
     plan = make_plan(cfg, layout, setup)
     for stage in plan.stages:
         p = stage.params
-        lines.append(f"  stage {stage.stage}: {p.layers} layers, per rank {stage.total / GiB:.2f} GiB planned "
-                     f"(weights {stage.weights / GiB:.2f}, gradients {stage.gradients / GiB:.2f}, optimizer "
-                     f"{stage.optimizer / GiB:.2f}, activations {stage.activations / GiB:.2f})")
-    if run.cfg.lora.enabled:
-        lines.append("  (the plan above is for full fine-tuning; tools/plan.py --lora-r gives the LoRA figures)")
+        lines.append(f"  stage {stage.stage}: {p.layers} layers, per rank {_bytes(stage.total)} planned "
+                     f"(weights {_bytes(stage.weights)}, gradients {_bytes(stage.gradients)}, optimizer "
+                     f"{_bytes(stage.optimizer)}, activations {_bytes(stage.activations)})")
+    if lora.enabled:
+        lines.append(f"  LoRA r {lora.lora_r} on {' '.join(lora.lora_target_modules)}: the base is frozen (weights "
+                     "only); the gradients and optimizer state above are the adapters'")
     lines.append("dry run: nothing was started")
     return lines

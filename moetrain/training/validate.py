@@ -77,7 +77,8 @@ def _dims(cfg: PretrainConfig, world_size: int, num_layers: int, dist_backend: s
                         expert_tp=p.expert_tensor_parallel_size or default_expert_tp(p.tensor_model_parallel_size,
                                                                                      dist_backend),
                         vpp=vpp if vpp and vpp > 1 else None, num_layer_list=parse_num_layer_list(p.num_layer_list),
-                        sequence_parallel=p.sequence_parallel)
+                        # Megatron-LM turns sequence parallelism off without TP (its recipes pass it anyway)
+                        sequence_parallel=p.sequence_parallel and p.tensor_model_parallel_size > 1)
 
 
 def _check_data(cfg: PretrainConfig) -> None:

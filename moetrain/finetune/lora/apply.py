@@ -9,6 +9,7 @@ Everything else stays frozen: no gradient buffer and no optimizer state is made 
 from __future__ import annotations
 
 import torch
+from megatron.core.models.common.embeddings.language_model_embedding import LanguageModelEmbedding
 from megatron.core.transformer.attention import SelfAttention
 from megatron.core.transformer.mlp import MLP
 from megatron.core.transformer.moe.moe_layer import MoELayer
@@ -31,6 +32,10 @@ def check_targets(targets) -> None:
     unknown = sorted(set(targets) - set(TARGETS))
     if unknown:
         raise ValueError(f"--lora-target-modules: unknown {' '.join(unknown)}; choose from {' '.join(TARGETS)}")
+
+
+def _input_requires_grad(module, args, output):
+    return output.requires_grad_(True) if torch.is_grad_enabled() and not output.requires_grad else output
 
 
 def _qkv_combine(groups_local: int, q_per_group: int, head_dim: int):
@@ -61,6 +66,12 @@ def apply_lora(chunk: torch.nn.Module, targets: set[str], r: int, alpha: float, 
     check_targets(targets)
     for param in chunk.parameters():
         param.requires_grad = False
+    for module in chunk.modules():
+        if isinstance(module, LanguageModelEmbedding):
+            # The frozen embedding's output needs no gradient, so activation recompute (which
+            # re-runs a layer block from its input under torch.utils.checkpoint) would find no
+            # input that requires grad and fail; the adapters inside still need the backward.
+            module.register_forward_hook(_input_requires_grad)
     for module in list(chunk.modules()):
         if not isinstance(module, TransformerLayer):
             continue
