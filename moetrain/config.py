@@ -161,12 +161,19 @@ class CheckpointSection:
     no_load_optim: bool = False
     no_load_rng: bool = False
     no_save_optim: bool = False
+    # A damaged latest checkpoint (checkpoint_integrity): resume from the newest intact older one,
+    # or refuse with --no-checkpoint-fallback. --ckpt-step N (Megatron-LM's): exactly iteration N.
+    no_checkpoint_fallback: bool = False
+    ckpt_step: int | None = None
+    save_failure: str = "stop"  # a save that fails (full disk): "stop" the run, or "continue" with a warning
 
     def __post_init__(self) -> None:
         if self.keep_last_k is not None and self.keep_last_k < 1:
             raise ConfigError("--keep-last-k must be >= 1")
         if self.save_interval is not None and self.save_interval < 1:
             raise ConfigError("--save-interval must be >= 1")
+        if self.save_failure not in ("stop", "continue"):
+            raise ConfigError(f"--save-failure {self.save_failure}: choose stop or continue")
 
 
 @dataclass

@@ -20,6 +20,7 @@ shared with the per-rank Megatron format (iter_*/mp_rank_*/model_optim_rng.pt) t
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 from dataclasses import dataclass
@@ -37,6 +38,9 @@ from moetrain.checkpoint_formats import directory
 from moetrain.checkpoint_formats.directory import META_FILE, TRACKER_FILE, iter_dir_name, read_latest
 from moetrain.config import ConfigError
 from moetrain.models.config import ModelConfig
+from moetrain.training.checkpoint_integrity import damage, kept_iterations, record_files
+
+COMMON_FILE = "common.pt"  # megatron-core's dist-checkpoint: the non-sharded part of the state dict
 
 # Fields that do not change the shape or meaning of the weights (training-time choices).
 NON_ARCH_FIELDS = {"name", "seq_length", "hf_architecture", "published_params", "extra", "moe_aux_loss_coeff",
@@ -160,17 +164,23 @@ def _sharded_state_dict(model, optimizer, scheduler, state: TrainState | None, w
 
 
 def _rng_state() -> dict:
+    """Tensors and plain types only, so that loading needs no unpickling of objects."""
     from megatron.core.tensor_parallel import random as tp_random
 
-    return {"random": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "device": tp_random._get_cuda_rng_state(), "tracker": tp_random.get_cuda_rng_tracker().get_states()}
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"random": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                   cached),
+            "torch": torch.get_rng_state(), "device": tp_random._get_cuda_rng_state(),
+            "tracker": tp_random.get_cuda_rng_tracker().get_states()}
 
 
 def _set_rng_state(states: dict) -> None:
     from megatron.core.tensor_parallel import random as tp_random
 
     random.setstate(states["random"])
-    np.random.set_state(states["numpy"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else keys  # checkpoints before 2026-12-02: an array
+    np.random.set_state((kind, keys.astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(states["torch"])
     tp_random._set_cuda_rng_state(states["device"])
     tp_random.get_cuda_rng_tracker().set_states(states["tracker"])
@@ -192,16 +202,47 @@ def save_checkpoint(root: str | Path, state: TrainState, model, optimizer, sched
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
-    sd = _sharded_state_dict(model, optimizer, scheduler, state, save_optim, is_loading=False, part=part)
-    dist_checkpointing.save(sd, str(tmp), sharded_strategy=get_default_save_sharded_strategy("torch_dist"))
-    (tmp / "rng").mkdir(exist_ok=True)  # after the save: dist_checkpointing wants an empty directory
-    torch.save(_rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
+    error = None
+    try:
+        sd = _sharded_state_dict(model, optimizer, scheduler, state, save_optim, is_loading=False, part=part)
+        dist_checkpointing.save(sd, str(tmp), sharded_strategy=get_default_save_sharded_strategy("torch_dist"))
+        (tmp / "rng").mkdir(exist_ok=True)  # after the save: dist_checkpointing wants an empty directory
+        torch.save(_rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
+    except OSError as e:  # a full disk, a quota, a vanished mount: the previous checkpoint stays as it is
+        error = f"{type(e).__name__}: {e}"
+    errors = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)  # every rank stops, or goes on, together
+    failed = [(r, e) for r, e in enumerate(errors) if e]
+    if failed:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        dist.barrier()
+        raise SaveError(_save_failure(root, final, failed))
     dist.barrier()  # every shard is on disk before the checkpoint becomes visible
+    files = record_files(tmp)  # size and CRC-32 of every file, checked before a load reads them
     if rank == 0:
         _finalize(root, tmp, final, {**meta, "iteration": state.iteration,
-                                     "consumed_train_samples": state.consumed_train_samples}, keep_last_k)
+                                     "consumed_train_samples": state.consumed_train_samples, "files": files},
+                  keep_last_k)
     dist.barrier()
     return final
+
+
+class SaveError(RuntimeError):
+    """A checkpoint could not be written; the previous one and the pointer are untouched."""
+
+
+def _save_failure(root: Path, final: Path, failed: list[tuple[int, str]]) -> str:
+    latest = read_latest(root)
+    previous = root / iter_dir_name(latest) if latest is not None else None
+    needed = sum(p.stat().st_size for p in previous.rglob("*") if p.is_file()) if previous and previous.is_dir() else None
+    free = shutil.disk_usage(root).free
+    rank, error = failed[0]
+    need = f"about {needed:,} bytes needed (the size of {previous.name}), " if needed else ""
+    kept = (f"the previous checkpoint {previous} is intact and {TRACKER_FILE} still names it" if previous
+            else "no earlier checkpoint exists")
+    return (f"saving {final} failed on rank {rank}{f' (and {len(failed) - 1} more)' if len(failed) > 1 else ''}: "
+            f"{error}; {need}{free:,} bytes free in {root}; nothing of it was kept, {kept}")
 
 
 def _finalize(root: Path, tmp: Path, final: Path, meta: dict, keep_last_k: int | None) -> None:
@@ -262,19 +303,64 @@ def load_adapter_weights(ckpt_dir: str | Path, model) -> None:
         _load_part(chunk, loaded["model" if len(model) == 1 else f"model{i}"], "adapters")
 
 
+# numpy arrays in RNG files of checkpoints before 2026-12-02: data, not code, so allowed to weights_only.
+_NUMPY_DATA = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
+
+
+def load_plain(path: Path):
+    """torch.load that never unpickles an object: tensors, plain containers and numbers only
+    (weights_only). Anything else is refused by name, and nothing of it runs."""
+    try:
+        with torch.serialization.safe_globals(_NUMPY_DATA):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).split("WeightsUnpickler error: ")[-1].split(".")[0]
+        raise ConfigError(f"{path}: refused, it holds more than tensors and plain values ({reason}); "
+                          "moetrain never unpickles objects from a checkpoint") from None
+
+
+def choose_checkpoint(root: Path, step: int | None = None, fallback: bool = True, say=print) -> int:
+    """Collective: the iteration to load. ``step`` (--ckpt-step): exactly that one. Otherwise the
+    pointer's, or, when that one is damaged, the newest intact older one (one line says so; without
+    ``fallback`` a damaged one is an error). Every rank gets the same answer or the same error."""
+    latest = read_latest(root)
+    if latest is None:
+        raise ConfigError(f"--load {root}: no {TRACKER_FILE}")
+    candidates = [step] if step is not None else [latest] + [i for i in kept_iterations(root, latest) if i != latest]
+    for k, iteration in enumerate(candidates):
+        ckpt = root / iter_dir_name(iteration)
+        problem = damage(ckpt) if ckpt.is_dir() else "the directory is missing"
+        if problem is None:
+            return iteration
+        message = f"checkpoint {ckpt} is damaged: {problem}"
+        older = root / iter_dir_name(candidates[k + 1]) if k + 1 < len(candidates) else None
+        if older is not None and fallback:
+            say(f"{message}; resuming from the older checkpoint {older} if it is intact "
+                "(--no-checkpoint-fallback refuses instead)")
+            continue
+        if step is not None:
+            raise ConfigError(f"--ckpt-step {step}: {message}")
+        if older is None:
+            raise ConfigError(f"{message}; no older checkpoint is kept to resume from")
+        raise ConfigError(f"{message}; --no-checkpoint-fallback: not resuming from the older {older}")
+    raise AssertionError("unreachable")
+
+
 def load_checkpoint(root: str | Path, model, optimizer, scheduler, *, load_optim: bool, load_rng: bool,
-                    finetune: bool, layout: dict, part: str = "all") -> TrainState:
-    """Load the latest checkpoint of ``root`` into the (possibly differently sharded) model.
+                    finetune: bool, layout: dict, part: str = "all", step: int | None = None,
+                    fallback: bool = True, say=print) -> TrainState:
+    """Load the latest intact checkpoint of ``root`` (or ``step``'s, see :func:`choose_checkpoint`)
+    into the (possibly differently sharded) model.
     ``part``: "all"; "base" (a LoRA run's base: every weight but the adapters, which stay as they
     are); "adapters" (a LoRA checkpoint into a model whose base is loaded)."""
     from megatron.core import dist_checkpointing
 
     root = Path(root)
-    iteration = read_latest(root)
-    if iteration is None:
-        raise ConfigError(f"--load {root}: no {TRACKER_FILE}")
+    iteration = choose_checkpoint(root, step, fallback, say)
     ckpt = root / iter_dir_name(iteration)
     meta = read_meta(root, iteration)
+    if (ckpt / COMMON_FILE).is_file():
+        load_plain(ckpt / COMMON_FILE)  # megatron-core unpickles it with weights_only=False: check it first
     load_optim = load_optim and not finetune and meta.get("has_optimizer", True)
     sd = _sharded_state_dict(model, optimizer, scheduler, None, load_optim, is_loading=True, part=part)
     loaded = dist_checkpointing.load(sd, str(ckpt))
@@ -293,5 +379,5 @@ def load_checkpoint(root: str | Path, model, optimizer, scheduler, *, load_optim
         return TrainState()
     rng_file = ckpt / "rng" / f"rank_{dist.get_rank():05d}.pt"
     if load_rng and meta.get("layout") == layout and rng_file.is_file():
-        _set_rng_state(torch.load(rng_file, weights_only=False))
+        _set_rng_state(load_plain(rng_file))
     return TrainState(iteration=int(loaded["iteration"]), consumed_train_samples=int(loaded["consumed_train_samples"]))

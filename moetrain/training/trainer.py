@@ -254,7 +254,8 @@ class Trainer:
             self.logger.console(f"loading checkpoint {ck.load} (iteration {run.load_iteration}) ...")
             return load_checkpoint(ck.load, self.model, self.optimizer, self.scheduler,
                                    load_optim=not ck.no_load_optim, load_rng=not ck.no_load_rng,
-                                   finetune=ck.finetune, layout=self.layout)
+                                   finetune=ck.finetune, layout=self.layout, step=ck.ckpt_step,
+                                   fallback=not ck.no_checkpoint_fallback, say=self.logger.console)
         return TrainState()
 
     def checkpoint_meta(self) -> dict:
@@ -297,14 +298,24 @@ class Trainer:
     # What save() writes (checkpointing's ``part``): the whole model; a LoRA run saves its adapters.
     checkpoint_part = "all"
 
-    def save(self) -> Path:
-        """A checkpoint of the current state under --save (logged); its path."""
+    def save(self) -> Path | None:
+        """A checkpoint of the current state under --save (logged); its path. A save that fails (a
+        full disk) leaves the previous checkpoint as it was and stops the run, or with
+        --save-failure continue warns and returns None."""
+        from moetrain.training.checkpointing import SaveError
+
         ck, state = self.run.cfg.checkpoint, self.state
         start = time.perf_counter()
-        path = save_checkpoint(ck.save, TrainState(state.iteration, state.consumed_train_samples), self.model,
-                               self.optimizer, self.scheduler, self.checkpoint_meta(),
-                               save_optim=not ck.no_save_optim, keep_last_k=ck.keep_last_k,
-                               part=self.checkpoint_part)
+        try:
+            path = save_checkpoint(ck.save, TrainState(state.iteration, state.consumed_train_samples), self.model,
+                                   self.optimizer, self.scheduler, self.checkpoint_meta(),
+                                   save_optim=not ck.no_save_optim, keep_last_k=ck.keep_last_k,
+                                   part=self.checkpoint_part)
+        except SaveError as e:
+            if ck.save_failure == "continue":
+                self.logger.console(f"WARNING: {e}; training goes on (--save-failure continue)")
+                return None
+            raise TrainingError(f"{e}; stopping (--save-failure continue would go on training)") from None
         what = "checkpoint" if self.checkpoint_part == "all" else f"checkpoint ({self.checkpoint_part} only)"
         self.logger.console(f"saved {what} {path} in {time.perf_counter() - start:.1f} s")
         return path

@@ -151,6 +151,30 @@ def _check_lora(cfg: PretrainConfig) -> None:
         raise ConfigError(f"--lora-load {lora.lora_load} needs --load (the base model the adapters belong to)")
 
 
+def _checkpoint_meta(ck, latest: int) -> tuple[int, dict]:
+    """The checkpoint whose metadata the model is checked against before ranks start: --ckpt-step's,
+    else the pointer's, else (its moetrain.json damaged) the newest older one with readable metadata;
+    the ranks then check every file (checkpoint_integrity) and choose the same way."""
+    from moetrain.training.checkpoint_integrity import kept_iterations
+
+    root = Path(ck.load)
+    kept = kept_iterations(root, max(latest, ck.ckpt_step or 0))
+    if ck.ckpt_step is not None:
+        if ck.ckpt_step not in kept:
+            raise ConfigError(f"--ckpt-step {ck.ckpt_step}: {root} holds no {checkpointing.iter_dir_name(ck.ckpt_step)}"
+                              f" (it holds iterations {', '.join(map(str, sorted(kept))) or 'none'})")
+        return ck.ckpt_step, checkpointing.read_meta(root, ck.ckpt_step)
+    candidates = [latest] + [i for i in kept if i != latest] if not ck.no_checkpoint_fallback else [latest]
+    for iteration in candidates:
+        try:
+            return iteration, checkpointing.read_meta(root, iteration)
+        except (ConfigError, ValueError, OSError):
+            if iteration == candidates[-1]:
+                raise ConfigError(f"--load {root}: checkpoint {checkpointing.iter_dir_name(iteration)} has no "
+                                  f"readable {checkpointing.META_FILE}, and no older checkpoint has one") from None
+    raise AssertionError("unreachable")
+
+
 def _check_adapter(cfg: PretrainConfig, model_cfg) -> None:
     """A --lora-load adapter that holds a checkpoint must be of this base, rank and target set
     (an empty --lora-load is where a new run's adapters will be saved)."""
@@ -194,7 +218,7 @@ def resolve(cfg: PretrainConfig, world_size: int, dist_backend: str = "gloo") ->
             raise ConfigError(f"--finetune: --load {ck.load} holds no checkpoint "
                               f"({checkpointing.TRACKER_FILE} missing)")
         if load_iteration is not None:
-            meta = checkpointing.read_meta(ck.load, load_iteration)
+            load_iteration, meta = _checkpoint_meta(ck, load_iteration)
             checkpointing.check_compatible(meta["model_config"], model_cfg,
                                            f"{ck.load}/{checkpointing.iter_dir_name(load_iteration)}")
     _check_adapter(cfg, model_cfg)
