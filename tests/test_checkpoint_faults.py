@@ -25,7 +25,8 @@ DAMAGES = {"truncate": ("__0_0.distcp", "truncate"), "delete": ("common.pt", "de
 def faults():
     tmp = Path(tempfile.mkdtemp(prefix="moetrain_faults_"))
     try:
-        yield run_on_ranks(1, fault_group, (str(tmp), DAMAGES), timeout=400)[0]
+        out = run_on_ranks(1, fault_group, (str(tmp), DAMAGES), timeout=400)[0]
+        yield {**out, "tmp": tmp}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -67,3 +68,28 @@ def test_save_failure_continue_goes_on_and_saves_later(faults):
     cont = faults["full_continue"]
     assert cont["losses"] == faults["ref"]  # the failed save changed nothing in training
     assert cont["pointer"] == 6 and cont["dirs"] == ["iter_0000002", "iter_0000006"]
+
+
+def test_checkpoint_info_prints_what_a_checkpoint_holds_and_its_damage(faults, capsys):
+    import runpy
+    import sys
+
+    tool = str(Path(__file__).resolve().parents[1] / "tools" / "checkpoint_info.py")
+
+    def info(path) -> tuple[int, str]:
+        old = sys.argv
+        sys.argv = [tool, str(path)]
+        try:
+            runpy.run_path(tool, run_name="__main__")
+        except SystemExit as e:
+            code = e.code
+        finally:
+            sys.argv = old
+        return code, capsys.readouterr().out
+
+    code, out = info(faults["tmp"] / "ref")
+    assert code == 0 and out.count(": intact") == 3 and "iter_0000006  (latest): intact" in out
+    assert "iteration 6, consumed samples 24" in out and "model grok1-tiny (family grok1" in out
+    assert "__0_0.distcp" in out and "rng/rank_00000.pt" in out
+    code, out = info(faults["tmp"] / "refused")  # iteration 4's shard truncated, never resumed
+    assert code == 1 and "iter_0000004  (latest): DAMAGED: __0_0.distcp is" in out and "iter_0000002: intact" in out
