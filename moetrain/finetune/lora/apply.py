@@ -67,10 +67,11 @@ def apply_lora(chunk: torch.nn.Module, targets: set[str], r: int, alpha: float, 
     for param in chunk.parameters():
         param.requires_grad = False
     for module in chunk.modules():
-        if isinstance(module, LanguageModelEmbedding):
-            # The frozen embedding's output needs no gradient, so activation recompute (which
-            # re-runs a layer block from its input under torch.utils.checkpoint) would find no
-            # input that requires grad and fail; the adapters inside still need the backward.
+        if isinstance(module, LanguageModelEmbedding) and module.config.recompute_granularity == "full":
+            # The frozen embedding's output needs no gradient, so full recompute (which re-runs a
+            # block of layers from its input under torch.utils.checkpoint) would find no input
+            # that requires grad and fail; the adapters inside still need the backward. Only then:
+            # a grad-requiring input makes the first layers keep more for backward.
             module.register_forward_hook(_input_requires_grad)
     for module in list(chunk.modules()):
         if not isinstance(module, TransformerLayer):
