@@ -50,6 +50,7 @@ def test_hints_are_accepted_and_listed_once():
     (["--normalization", "LayerNorm"], "--normalization LayerNorm: moetrain's families use RMSNorm"),
     (["--fp8-format", "hybrid"], "--fp8-format hybrid: fp8 training is not implemented; use --bf16"),
     (["--add-bias-linear"], "--add-bias-linear: moetrain's families have no linear biases"),
+    (["--use-legacy-models"], "--use-legacy-models: Megatron's legacy models are not built"),
     (["--moe-router-load-balancing-type", "sinkhorn"], "sinkhorn and seq_aux_loss are not implemented"),
     (["--global-batch-size", "8", "--train-samples", "81"], "--train-samples 81 is not a whole number of global "
                                                              "batches of 8; give --train-iters 11 instead"),

@@ -46,7 +46,6 @@ class Hint:
 class Refused:
     takes_value: bool
     reason: str  # why, and what to use instead
-    allowed: tuple[str, ...] = ()  # values that are fine (then the flag is dropped, as mapped)
 
 
 def _drop(value: str | None) -> list[str]:
@@ -91,8 +90,6 @@ def _load_balancing(value: str | None) -> list[str]:
 
 MAPPED: dict[str, Mapped] = {
     "--use-mcore-models": Mapped(False, _drop, "moetrain always builds megatron-core models"),
-    "--use-legacy-models": Mapped(False, _only("--use-legacy-models", (), "Megatron's legacy models are not "
-                                               "built; moetrain builds megatron-core models"), "refused"),
     "--disable-bias-linear": Mapped(False, _drop, "moetrain's linear layers have no bias"),
     "--normalization": Mapped(True, _only("--normalization", ("RMSNorm",), "moetrain's families use RMSNorm "
                                           "(Grok-1, Llama, Mixtral); LayerNorm models are not supported"),
@@ -194,6 +191,8 @@ HINTS: dict[str, Hint] = {
 }
 
 REFUSED: dict[str, Refused] = {
+    "--use-legacy-models": Refused(False, "Megatron's legacy models are not built; moetrain builds megatron-core "
+                                          "models (drop the flag)"),
     "--fp8-format": Refused(True, "fp8 training is not implemented; use --bf16"),
     "--fp8-recipe": Refused(True, "fp8 training is not implemented; use --bf16"),
     "--fp8-amax-history-len": Refused(True, "fp8 training is not implemented; use --bf16"),
@@ -277,11 +276,8 @@ def translate(argv: list[str], own_flags: set[str]) -> Translation:
             i += 2 if h.takes_value else 1
         elif arg in REFUSED:
             r = REFUSED[arg]
-            value = _value(split, i, arg) if r.takes_value else None
-            if value is None or value not in r.allowed:
-                shown = arg if value is None else f"{arg} {value}"
-                raise ConfigError(f"{shown}: {r.reason}")
-            i += 2 if r.takes_value else 1
+            shown = f"{arg} {_value(split, i, arg)}" if r.takes_value else arg
+            raise ConfigError(f"{shown}: {r.reason}")
         else:
             out.argv.append(arg)  # unknown: the parser names it
             i += 1

@@ -12,7 +12,7 @@ def _gib(x: float) -> str:
     return f"{x / GiB:7.2f}"
 
 
-def _fmt_count(n: float) -> str:
+def format_count(n: float) -> str:
     for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= scale:
             return f"{n / scale:.2f}{unit}"
@@ -22,18 +22,18 @@ def _fmt_count(n: float) -> str:
 def _trainable_line(plan: Plan) -> str:
     st = plan.setup
     if not st.lora:
-        return f"full-parameter training: {_fmt_count(plan.trainable_params)} trainable parameters"
+        return f"full-parameter training: {format_count(plan.trainable_params)} trainable parameters"
     share = plan.trainable_params / plan.params.total
-    return (f"LoRA r {st.lora.r} on {' '.join(st.lora.targets)}: {_fmt_count(plan.trainable_params)} trainable "
+    return (f"LoRA r {st.lora.r} on {' '.join(st.lora.targets)}: {format_count(plan.trainable_params)} trainable "
             f"parameters ({share:.3%} of the model)")
 
 
 def format_plan(plan: Plan) -> str:
     lay, st = plan.layout, plan.setup
     lines = [
-        f"model {plan.model}: {_fmt_count(plan.params.total)} parameters "
-        f"({_fmt_count(plan.params.dense)} dense, {_fmt_count(plan.params.expert)} expert, "
-        f"{_fmt_count(plan.params.active_per_token)} active per token)",
+        f"model {plan.model}: {format_count(plan.params.total)} parameters "
+        f"({format_count(plan.params.dense)} dense, {format_count(plan.params.expert)} expert, "
+        f"{format_count(plan.params.active_per_token)} active per token)",
         f"layout {lay.short()} on {lay.world_size} devices; GBS {st.global_batch_size} MBS "
         f"{st.micro_batch_size} seq {st.seq_length}; {plan.microbatches} micro-batches per step",
         _trainable_line(plan),
@@ -43,8 +43,8 @@ def format_plan(plan: Plan) -> str:
     for s in plan.stages:
         p = s.params
         lines.append(
-            f"{s.stage:5d}  {p.layers:6d}  {_fmt_count(p.total):>9} ({_fmt_count(p.dense):>8} + "
-            f"{_fmt_count(p.expert):>8}) {_fmt_count(s.trainable):>9}  {_gib(s.weights)} {_gib(s.gradients)} "
+            f"{s.stage:5d}  {p.layers:6d}  {format_count(p.total):>9} ({format_count(p.dense):>8} + "
+            f"{format_count(p.expert):>8}) {format_count(s.trainable):>9}  {_gib(s.weights)} {_gib(s.gradients)} "
             f"{_gib(s.optimizer)} {_gib(s.activations)} {_gib(s.reserved)}  {_gib(s.total)}"
         )
     if st.lora:
@@ -55,9 +55,9 @@ def format_plan(plan: Plan) -> str:
             b = s.lora_state
             lines.append(
                 f"  stage {s.stage}: base weights {b.base_weights / GiB:.2f} GiB; adapters "
-                f"{_fmt_count(s.adapters.adapters)}: weights {b.adapter_weights / GiB:.3f}, grads "
+                f"{format_count(s.adapters.adapters)}: weights {b.adapter_weights / GiB:.3f}, grads "
                 f"{b.adapter_gradients / GiB:.3f}, Adam {b.adapter_optimizer / GiB:.3f} GiB"
-                + (f"; trainable router {_fmt_count(s.adapters.router)}: grads {b.router_gradients / GiB:.3f}, "
+                + (f"; trainable router {format_count(s.adapters.router)}: grads {b.router_gradients / GiB:.3f}, "
                    f"optimizer {b.router_optimizer / GiB:.3f} GiB" if s.adapters.router else ""))
     mem = f"{plan.device_memory_gib:.1f} GiB" if plan.device_memory_gib is not None else "unknown"
     lines += [

@@ -102,3 +102,8 @@ def kept_iterations(root: Path, latest: int) -> list[int]:
         if n <= latest and p.is_dir():
             out.append(n)
     return sorted(out, reverse=True)
+
+
+def resume_candidates(root: Path, latest: int) -> list[int]:
+    """The order a resume tries checkpoints in: the pointer's, then the older kept ones, newest first."""
+    return [latest] + [i for i in kept_iterations(root, latest) if i != latest]

@@ -38,7 +38,7 @@ from moetrain.checkpoint_formats import directory
 from moetrain.checkpoint_formats.directory import META_FILE, TRACKER_FILE, iter_dir_name, read_latest
 from moetrain.config import ConfigError
 from moetrain.models.config import ModelConfig
-from moetrain.training.checkpoint_integrity import damage, kept_iterations, record_files
+from moetrain.training.checkpoint_integrity import damage, record_files, resume_candidates
 
 COMMON_FILE = "common.pt"  # megatron-core's dist-checkpoint: the non-sharded part of the state dict
 
@@ -292,15 +292,29 @@ def _load_part(chunk, state: dict, part: str) -> None:
                           f"unexpected {list(unexpected)[:5]}")
 
 
-def load_adapter_weights(ckpt_dir: str | Path, model) -> None:
-    """An adapter checkpoint's ``iter_*`` directory into model chunks that carry the adapters
-    (generation: no optimizer, any layout). Collective."""
+def _load_model(ckpt: Path, model, optimizer, scheduler, load_optim: bool, part: str) -> dict:
+    """Collective: ``part`` of the model (and the optimizer state) from one intact ``iter_*``
+    directory; the loaded state dict. megatron-core unpickles ``common.pt`` with weights_only=False,
+    so it is checked to hold plain values first."""
     from megatron.core import dist_checkpointing
 
-    sd = _sharded_state_dict(model, None, None, None, False, is_loading=True, part="adapters")
-    loaded = dist_checkpointing.load(sd, str(ckpt_dir))
+    if (ckpt / COMMON_FILE).is_file():
+        load_plain(ckpt / COMMON_FILE)
+    sd = _sharded_state_dict(model, optimizer, scheduler, None, load_optim, is_loading=True, part=part)
+    loaded = dist_checkpointing.load(sd, str(ckpt))
     for i, chunk in enumerate(unwrap_model_chunks(model)):
-        _load_part(chunk, loaded["model" if len(model) == 1 else f"model{i}"], "adapters")
+        _load_part(chunk, loaded["model" if len(model) == 1 else f"model{i}"], part)
+    return loaded
+
+
+def load_adapter_weights(ckpt_dir: str | Path, model) -> None:
+    """An adapter checkpoint's ``iter_*`` directory into model chunks that carry the adapters
+    (generation: no optimizer, any layout). Collective; a damaged checkpoint is a ConfigError."""
+    ckpt = Path(ckpt_dir)
+    problem = damage(ckpt)
+    if problem is not None:
+        raise ConfigError(f"checkpoint {ckpt} is damaged: {problem}")
+    _load_model(ckpt, model, None, None, False, "adapters")
 
 
 # numpy arrays in RNG files of checkpoints before 2026-12-02: data, not code, so allowed to weights_only.
@@ -326,7 +340,7 @@ def choose_checkpoint(root: Path, step: int | None = None, fallback: bool = True
     latest = read_latest(root)
     if latest is None:
         raise ConfigError(f"--load {root}: no {TRACKER_FILE}")
-    candidates = [step] if step is not None else [latest] + [i for i in kept_iterations(root, latest) if i != latest]
+    candidates = [step] if step is not None else resume_candidates(root, latest)
     for k, iteration in enumerate(candidates):
         ckpt = root / iter_dir_name(iteration)
         problem = damage(ckpt) if ckpt.is_dir() else "the directory is missing"
@@ -353,22 +367,15 @@ def load_checkpoint(root: str | Path, model, optimizer, scheduler, *, load_optim
     into the (possibly differently sharded) model.
     ``part``: "all"; "base" (a LoRA run's base: every weight but the adapters, which stay as they
     are); "adapters" (a LoRA checkpoint into a model whose base is loaded)."""
-    from megatron.core import dist_checkpointing
-
     root = Path(root)
     iteration = choose_checkpoint(root, step, fallback, say)
     ckpt = root / iter_dir_name(iteration)
     meta = read_meta(root, iteration)
-    if (ckpt / COMMON_FILE).is_file():
-        load_plain(ckpt / COMMON_FILE)  # megatron-core unpickles it with weights_only=False: check it first
     load_optim = load_optim and not finetune and meta.get("has_optimizer", True)
-    sd = _sharded_state_dict(model, optimizer, scheduler, None, load_optim, is_loading=True, part=part)
-    loaded = dist_checkpointing.load(sd, str(ckpt))
+    loaded = _load_model(ckpt, model, optimizer, scheduler, load_optim, part)
     # megatron-core 0.16 bug without Apex / TE: the fully_reshardable optimizer-state copy expects
     # Adam's ``step`` in the checkpoint tensors (see megatron_patches.PATCHES).
     megatron_patches.apply("distrib-optimizer-state-copy-without-step")
-    for i, chunk in enumerate(unwrap_model_chunks(model)):
-        _load_part(chunk, loaded["model" if len(model) == 1 else f"model{i}"], part)
     if load_optim:
         optimizer.load_state_dict(loaded["optimizer"])
         _unshare_adam_steps(optimizer)

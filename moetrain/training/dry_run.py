@@ -11,10 +11,6 @@ from __future__ import annotations
 from moetrain.training.validate import ResolvedRun
 
 
-def _count(n: int) -> str:
-    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n:,}"
-
-
 def _bytes(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
@@ -24,13 +20,14 @@ def describe_run(run: ResolvedRun) -> list[str]:
     from moetrain.planner import Layout, Setup
     from moetrain.planner.memory import LoraSetup
     from moetrain.planner.plan import make_plan
+    from moetrain.planner.report import format_count
 
     cfg, dims, t = run.model_cfg, run.dims, run.cfg.training
     padded = padded_vocab_size(cfg.vocab_size, dims.tp)
     params = count_parameters(cfg, padded)
     kind = f"{cfg.num_experts} experts, top-{cfg.moe_router_topk}" if cfg.is_moe else "dense"
-    lines = [f"model: {cfg.name} (family {cfg.family}, {kind}): {_count(params.total)} parameters, "
-             f"{_count(params.active_per_token)} active per token; {cfg.num_layers} layers, hidden "
+    lines = [f"model: {cfg.name} (family {cfg.family}, {kind}): {format_count(params.total)} parameters, "
+             f"{format_count(params.active_per_token)} active per token; {cfg.num_layers} layers, hidden "
              f"{cfg.hidden_size}, ffn {cfg.ffn_hidden_size}, heads {cfg.num_attention_heads} "
              f"(KV {cfg.num_query_groups}), vocab {cfg.vocab_size} (padded {padded}), seq {run.seq_length}",
              f"layout: {dims.describe()}; layers per stage {list(dims.layers_per_stage(cfg.num_layers))}; "

@@ -246,17 +246,29 @@ class Trainer:
 
     def resume(self) -> TrainState:
         """Load converted weights or a checkpoint as the run asks; the position to train from."""
+        return self.load_weights()
+
+    def load_weights(self, part: str = "all", weights_only: bool = False) -> TrainState:
+        """--load into the model: converted weights, or ``part`` of a trainer checkpoint (with the
+        optimizer, scheduler and RNG state unless ``weights_only`` or --finetune / --no-load-*)."""
         run, ck = self.run, self.run.cfg.checkpoint
         if run.load_converted:
             self.logger.console(f"loading converted weights from {ck.load} ...")
             load_converted_weights(ck.load, self.model, self.optimizer, run.dims, self.padded_vocab_size)
         elif run.load_iteration is not None:
             self.logger.console(f"loading checkpoint {ck.load} (iteration {run.load_iteration}) ...")
-            return load_checkpoint(ck.load, self.model, self.optimizer, self.scheduler,
-                                   load_optim=not ck.no_load_optim, load_rng=not ck.no_load_rng,
-                                   finetune=ck.finetune, layout=self.layout, step=ck.ckpt_step,
-                                   fallback=not ck.no_checkpoint_fallback, say=self.logger.console)
+            return self.load_from(ck.load, part, weights_only, step=ck.ckpt_step)
         return TrainState()
+
+    def load_from(self, root, part: str, weights_only: bool = False, step: int | None = None) -> TrainState:
+        """``part`` of the newest intact checkpoint under ``root`` (or ``step``'s), as the run's
+        checkpoint flags say (fallback, --no-load-optim / --no-load-rng, --finetune)."""
+        ck = self.run.cfg.checkpoint
+        return load_checkpoint(root, self.model, self.optimizer, self.scheduler,
+                               load_optim=not (weights_only or ck.no_load_optim),
+                               load_rng=not (weights_only or ck.no_load_rng), finetune=weights_only or ck.finetune,
+                               layout=self.layout, part=part, step=step, fallback=not ck.no_checkpoint_fallback,
+                               say=self.logger.console)
 
     def checkpoint_meta(self) -> dict:
         """Written beside every checkpoint (read back to check compatibility on load)."""

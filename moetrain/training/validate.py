@@ -155,16 +155,16 @@ def _checkpoint_meta(ck, latest: int) -> tuple[int, dict]:
     """The checkpoint whose metadata the model is checked against before ranks start: --ckpt-step's,
     else the pointer's, else (its moetrain.json damaged) the newest older one with readable metadata;
     the ranks then check every file (checkpoint_integrity) and choose the same way."""
-    from moetrain.training.checkpoint_integrity import kept_iterations
+    from moetrain.training.checkpoint_integrity import kept_iterations, resume_candidates
 
     root = Path(ck.load)
-    kept = kept_iterations(root, max(latest, ck.ckpt_step or 0))
     if ck.ckpt_step is not None:
+        kept = kept_iterations(root, max(latest, ck.ckpt_step))
         if ck.ckpt_step not in kept:
             raise ConfigError(f"--ckpt-step {ck.ckpt_step}: {root} holds no {checkpointing.iter_dir_name(ck.ckpt_step)}"
                               f" (it holds iterations {', '.join(map(str, sorted(kept))) or 'none'})")
         return ck.ckpt_step, checkpointing.read_meta(root, ck.ckpt_step)
-    candidates = [latest] + [i for i in kept if i != latest] if not ck.no_checkpoint_fallback else [latest]
+    candidates = resume_candidates(root, latest) if not ck.no_checkpoint_fallback else [latest]
     for iteration in candidates:
         try:
             return iteration, checkpointing.read_meta(root, iteration)

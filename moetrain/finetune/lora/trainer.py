@@ -3,8 +3,7 @@ checkpoints that hold the adapters (and their optimizer state) only, resumed fro
 
 from __future__ import annotations
 
-from moetrain.training.checkpointing import TrainState, load_checkpoint, read_latest
-from moetrain.training.converted_load import load_converted_weights
+from moetrain.training.checkpointing import TrainState, read_latest
 from moetrain.training.trainer import Trainer, build_model_and_optimizer
 
 
@@ -30,19 +29,13 @@ class LoraTrainer(Trainer):
         return built
 
     def resume(self) -> TrainState:
-        run, ck, lora = self.run, self.run.cfg.checkpoint, self.run.cfg.lora
-        if run.load_converted:
-            self.logger.console(f"loading converted base weights from {ck.load} ...")
-            load_converted_weights(ck.load, self.model, self.optimizer, run.dims, self.padded_vocab_size)
-        elif run.load_iteration is not None:
-            self.logger.console(f"loading base weights from {ck.load} (iteration {run.load_iteration}) ...")
-            load_checkpoint(ck.load, self.model, self.optimizer, self.scheduler, load_optim=False, load_rng=False,
-                            finetune=True, layout=self.layout, part="base")
+        """The base from --load (weights only), then the adapters and their optimizer state from
+        --lora-load when it holds a checkpoint: the position to train from."""
+        lora = self.run.cfg.lora
+        self.load_weights(part="base", weights_only=True)
         if lora.lora_load and read_latest(lora.lora_load) is not None:
             self.logger.console(f"loading LoRA adapters from {lora.lora_load} ...")
-            return load_checkpoint(lora.lora_load, self.model, self.optimizer, self.scheduler,
-                                   load_optim=not ck.no_load_optim, load_rng=not ck.no_load_rng,
-                                   finetune=ck.finetune, layout=self.layout, part="adapters")
+            return self.load_from(lora.lora_load, part="adapters")
         return TrainState()
 
     def checkpoint_meta(self) -> dict:
