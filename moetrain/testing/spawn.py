@@ -85,6 +85,19 @@ def _child(rank: int, world_size: int, port: int, file: str, name: str, args: tu
         results.put((rank, False, traceback.format_exc()))
 
 
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a rank and its helper processes (megatron-core's checkpoint writer starts some; they
+    would outlive the rank, holding the test run's output open)."""
+    import psutil
+
+    try:
+        rank = psutil.Process(pid)
+        for proc in [*rank.children(recursive=True), rank]:
+            proc.kill()
+    except psutil.NoSuchProcess:
+        pass
+
+
 def run_on_ranks(world_size: int, fn: Callable, args: Sequence = (), timeout: float = 300.0,
                  threads_per_rank: int = 1) -> list:
     """Run ``fn(rank, world_size, *args)`` on ``world_size`` gloo ranks; results in rank order."""
@@ -123,5 +136,5 @@ def run_on_ranks(world_size: int, fn: Callable, args: Sequence = (), timeout: fl
     finally:
         for p in procs:
             if p.is_alive():
-                p.kill()
+                _kill_tree(p.pid)
     return [collected[r] for r in range(world_size)]
