@@ -13,7 +13,6 @@ The process is killed with SIGKILL (nothing of Python's clean-up runs), after wr
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 
 ITERS, SAVE_EVERY, MICRO_BATCHES, LOCAL_LAYERS = 6, 2, 4, 2  # grok1-tiny's 4 layers over PP2
@@ -37,14 +36,11 @@ def describe(point: dict) -> str:
 
 
 def _die(marker: Path, point: dict) -> None:
-    import psutil
+    from moetrain.testing.spawn import kill_process_tree
 
     marker.write_text(describe(point) + "\n")
-    # A scheduler's kill takes the rank's whole process tree (megatron-core's checkpoint writer
-    # has helper processes, which would outlive the rank and hold the test's output open).
-    for child in psutil.Process().children(recursive=True):
-        child.kill()
-    os.kill(os.getpid(), signal.SIGKILL)
+    # As a scheduler's kill: the rank's whole process tree, its checkpoint-writer helpers included.
+    kill_process_tree(os.getpid())
 
 
 def _install_kill(point: dict, start_iteration: int, marker: Path) -> None:
@@ -52,6 +48,8 @@ def _install_kill(point: dict, start_iteration: int, marker: Path) -> None:
     import torch
     from megatron.core import dist_checkpointing
     from megatron.core.transformer.transformer_layer import TransformerLayer
+
+    from moetrain.checkpoint_formats.directory import iter_dir_name
 
     phase = point["phase"]
     if phase in ("forward", "backward"):
@@ -79,14 +77,14 @@ def _install_kill(point: dict, start_iteration: int, marker: Path) -> None:
 
         def save_then_die(sd, path, **kw):
             result = real_save(sd, path, **kw)
-            if f"{point['iteration']:07d}" in str(path):
+            if iter_dir_name(point["iteration"]) in str(path):
                 _die(marker, point)
             return result
 
         dist_checkpointing.save = save_then_die
 
 
-def launch(rank, world, tmp: str, ckpt: str, log: str, point: dict | None, start_iteration: int) -> dict:
+def launch(rank, world, tmp: str, ckpt: str, log: str, point: dict | None, start_iteration: int) -> None:
     """One launch of the command; with ``point``, the ranks it names die there (the others are
     killed by the harness once it sees a rank gone, as torchrun does)."""
     from sft_training_ranks import _allow_children
@@ -97,5 +95,4 @@ def launch(rank, world, tmp: str, ckpt: str, log: str, point: dict | None, start
     tmp = Path(tmp)
     if point is not None and point["rank"] in (rank, "all"):
         _install_kill(point, start_iteration, tmp / f"killed_{log}")
-    summary = run_pretrain(launch_args(tmp, ckpt, log))
-    return dict(summary.losses)
+    run_pretrain(launch_args(tmp, ckpt, log))  # the test reads each launch's losses from its log

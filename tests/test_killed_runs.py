@@ -11,7 +11,6 @@ relaunched, killed at the second (after the point it resumed from), and relaunch
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import random
 import shutil
@@ -20,8 +19,9 @@ from pathlib import Path
 
 import pytest
 from kill_resume_ranks import ITERS, LOCAL_LAYERS, MICRO_BATCHES, SAVE_EVERY, describe, launch
+from sft_training_ranks import metrics
 
-from moetrain.checkpoint_formats.directory import read_latest
+from moetrain.checkpoint_formats.directory import iter_dir_name, read_latest
 from moetrain.testing.spawn import RankFailure, run_on_ranks
 
 pytestmark = pytest.mark.multirank
@@ -54,9 +54,12 @@ def _iteration_dirs(ckpt: Path) -> list[str]:
 
 
 def _logged(log_dir: Path) -> dict[int, float]:
-    path = log_dir / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return {row["iteration"]: row["lm_loss"] for row in map(json.loads, lines)}
+    """Iteration -> loss as the launch logged them (none when it was killed before its first)."""
+    try:
+        rows = metrics(log_dir)
+    except FileNotFoundError:
+        rows = []
+    return {row["iteration"]: row["lm_loss"] for row in rows}
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +115,6 @@ def test_the_pointer_only_ever_names_a_complete_checkpoint(killed_runs):
         point = launch_["point"]
         last_saved = (point["iteration"] - 1) // SAVE_EVERY * SAVE_EVERY
         assert launch_["pointer_after"] == (last_saved or None), describe(point)
-        assert launch_["visible_after"] == [f"iter_{i:07d}" for i in range(SAVE_EVERY, point["iteration"], SAVE_EVERY)]
+        assert launch_["visible_after"] == [iter_dir_name(i) for i in range(SAVE_EVERY, point["iteration"], SAVE_EVERY)]
     assert killed_runs["pointer"] == ITERS
-    assert killed_runs["visible"] == [f"iter_{i:07d}" for i in range(SAVE_EVERY, ITERS + 1, SAVE_EVERY)]
+    assert killed_runs["visible"] == [iter_dir_name(i) for i in range(SAVE_EVERY, ITERS + 1, SAVE_EVERY)]

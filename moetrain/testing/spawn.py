@@ -85,8 +85,8 @@ def _child(rank: int, world_size: int, port: int, file: str, name: str, args: tu
         results.put((rank, False, traceback.format_exc()))
 
 
-def _kill_tree(pid: int) -> None:
-    """SIGKILL a rank and its helper processes (megatron-core's checkpoint writer starts some; they
+def kill_process_tree(pid: int) -> None:
+    """SIGKILL a process (a rank) and its helper processes (megatron-core's checkpoint writer starts some; they
     would outlive the rank, holding the test run's output open)."""
     import psutil
 
@@ -136,5 +136,5 @@ def run_on_ranks(world_size: int, fn: Callable, args: Sequence = (), timeout: fl
     finally:
         for p in procs:
             if p.is_alive():
-                _kill_tree(p.pid)
+                kill_process_tree(p.pid)
     return [collected[r] for r in range(world_size)]
